@@ -1,0 +1,44 @@
+"""keras-audit: explain and audit a trained Keras image classifier.
+
+``import audit`` is cheap: TensorFlow, Streamlit and TensorBoard are imported
+only by the functions that need them.
+
+>>> from audit import Reader
+>>> run = Reader("audit_out")                # doctest: +SKIP
+>>> run.predictions.groupby("background").correct.mean()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from audit.errors import AuditError, DataError, ModelError, StoreError
+from audit.store.reader import Reader
+from audit.store.schema import SCHEMA_VERSION
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuditError",
+    "DataError",
+    "ModelError",
+    "StoreError",
+    "Reader",
+    "SCHEMA_VERSION",
+    "run_audit",
+    "load_model",
+    "__version__",
+]
+
+_LAZY = {"run_audit": "audit.runner", "load_model": "audit.io.models"}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from audit.io.models import load_model
+    from audit.runner import run_audit
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'audit' has no attribute {name!r}")

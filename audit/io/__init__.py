@@ -1,0 +1,1 @@
+"""Sources: turn user files into a model adapter and a batched, annotated dataset."""

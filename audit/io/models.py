@@ -1,0 +1,438 @@
+"""Load a saved classifier and give uniform access to it.
+
+:func:`load_model` accepts Keras 3 ``.keras`` files, legacy ``.h5`` files and
+TensorFlow SavedModel directories, always with Keras ``safe_mode`` on unless the
+caller opts out. The returned :class:`LoadedModel` knows the input size, the
+number of classes and the kind of output head (softmax, logits or a single
+sigmoid unit), finds layers through nested sub-models, and builds compiled
+functions that also return intermediate tensors ("taps").
+
+Taps work by swapping a layer's ``call`` for the duration of a trace, so they
+reach layers inside nested backbones and loaded Sequential models, where
+``keras.Model(model.inputs, layer.output)`` fails with "Graph disconnected" or
+"never been called".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from audit.errors import ModelError
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _config_of(path: Path) -> dict | None:
+    """The model's JSON config read without deserialising any layer."""
+    if path.suffix == ".keras":
+        with zipfile.ZipFile(path) as z:
+            return json.loads(z.read("config.json"))
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        raw = f.attrs.get("model_config")
+        if raw is None:
+            return None
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def _class_names_in(config: Any) -> Iterator[str]:
+    if isinstance(config, dict):
+        if "class_name" in config:
+            yield config["class_name"]
+        for v in config.values():
+            yield from _class_names_in(v)
+    elif isinstance(config, list):
+        for v in config:
+            yield from _class_names_in(v)
+
+
+def _qualified_layers(model, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every layer as (qualified name, layer), descending into nested models."""
+    for layer in getattr(model, "layers", []):
+        name = f"{prefix}{layer.name}"
+        yield name, layer
+        if hasattr(layer, "layers"):
+            yield from _qualified_layers(layer, f"{name}/")
+
+
+def _head_layer(model):
+    """The layer whose output is the model's output, looked up through nesting."""
+    layer = model.layers[-1]
+    try:
+        outputs = model.outputs
+        if outputs:
+            layer = outputs[0]._keras_history.operation
+    except (AttributeError, ValueError):
+        pass
+    return _head_layer(layer) if hasattr(layer, "layers") else layer
+
+
+def _activation_name(layer) -> str | None:
+    import keras
+
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    act = getattr(layer, "activation", None)
+    if act is None:
+        return None
+    name = getattr(act, "__name__", str(act))
+    return {"softmax": "softmax", "sigmoid": "sigmoid", "linear": "linear"}.get(name, name)
+
+
+@dataclass
+class LoadedModel:
+    """A loaded classifier with what the audit needs to know about it.
+
+    Example:
+        >>> m = load_model("sample_models/shapes_bias.keras")  # doctest: +SKIP
+        >>> m.input_shape, m.num_classes, m.output_kind       # doctest: +SKIP
+        ((64, 64, 3), 3, 'softmax')
+    """
+
+    path: Path
+    format: str  # "keras" | "h5" | "savedmodel"
+    sha256: str
+    input_shape: tuple[int, int, int]  # (height, width, channels)
+    num_classes: int  # 2 for a single sigmoid unit
+    output_kind: str  # "softmax" | "logits" | "sigmoid"
+    keras_model: Any = None  # None for a SavedModel
+    _call: Callable | None = field(default=None, repr=False)
+    _compiled: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return getattr(self.keras_model, "name", self.path.stem)
+
+    @property
+    def has_layers(self) -> bool:
+        return self.keras_model is not None
+
+    def require_layers(self, what: str) -> Any:
+        if self.keras_model is None:
+            raise ModelError(
+                f"{what} needs the model's layers, which a SavedModel does not expose; "
+                "save the model as .keras to use it",
+                self.path,
+            )
+        return self.keras_model
+
+    # -- layers ---------------------------------------------------------------
+    def layers(self) -> list[tuple[str, Any]]:
+        """All layers as (qualified name, layer); nested names look like 'backbone/conv'."""
+        return list(_qualified_layers(self.require_layers("layer lookup")))
+
+    def find_layer(self, layer) -> tuple[str, Any]:
+        """Resolve a layer object, a qualified name ('backbone/conv') or a plain inner name."""
+        layers = self.layers()
+        if not isinstance(layer, str):
+            for name, obj in layers:
+                if obj is layer:
+                    return name, obj
+            raise ModelError(f"layer {getattr(layer, 'name', layer)!r} is not part of the model", self.path)
+        exact = [(n, obj) for n, obj in layers if n == layer]
+        plain = [(n, obj) for n, obj in layers if n.rsplit("/", 1)[-1] == layer]
+        found = exact or plain
+        if len(found) == 1:
+            return found[0]
+        names = ", ".join(n for n, _ in layers)
+        reason = "is ambiguous" if found else "does not exist"
+        raise ModelError(f"layer {layer!r} {reason}; layers are: {names}", self.path)
+
+    def spatial_layers(self) -> list[tuple[str, Any]]:
+        """Layers with a 4-D (batch, height, width, channels) output, in model order."""
+        out = []
+        for name, layer in self.layers():
+            if hasattr(layer, "layers"):
+                continue
+            try:
+                shape = layer.output.shape
+            except (AttributeError, ValueError):
+                shape = getattr(layer, "_build_output_shape", None) or ()
+            if len(shape) == 4:
+                out.append((name, layer))
+        return out
+
+    def last_spatial_layer(self) -> tuple[str, Any]:
+        layers = self.spatial_layers()
+        if not layers:
+            raise ModelError("model has no layer with a 4-D (batch, h, w, c) output", self.path)
+        return layers[-1]
+
+    def head_layer(self):
+        return _head_layer(self.require_layers("the output head"))
+
+    # -- calling --------------------------------------------------------------
+    def raw_output(self, x):
+        """The model's output tensor as stored (softmax, logits or sigmoid)."""
+        if self._call is not None:
+            return self._call(x)
+        return self.keras_model(x, training=False)
+
+    def to_probs(self, y):
+        """Turn a raw output batch into (N, C) float32 class probabilities."""
+        import tensorflow as tf
+
+        y = tf.cast(y, tf.float32)
+        if self.output_kind == "logits":
+            return tf.nn.softmax(y, axis=-1)
+        if self.output_kind == "sigmoid":
+            return tf.concat([1.0 - y, y], axis=-1)
+        return y
+
+    def predict_fn(self, embeddings: bool = False) -> Callable:
+        """A compiled ``x -> probs`` (or ``x -> (probs, penultimate features)``), built once."""
+        key = ("predict", embeddings)
+        if key not in self._compiled:
+            import tensorflow as tf
+
+            if embeddings and self.has_layers:
+                head = self.head_layer()
+
+                def fn(x):
+                    with tap(head, "input") as rec:
+                        y = self.raw_output(x)
+                    feats = rec["value"]
+                    feats = tf.reshape(feats, (tf.shape(feats)[0], -1))
+                    return self.to_probs(y), tf.cast(feats, tf.float32)
+
+            else:
+
+                def fn(x):
+                    return self.to_probs(self.raw_output(x))
+
+            self._compiled[key] = tf.function(fn, reduce_retracing=True)
+        return self._compiled[key]
+
+    def predict(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities (N, C) for a preprocessed batch, in chunks."""
+        fn = self.predict_fn()
+        parts = [fn(x[i : i + batch_size]).numpy() for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.num_classes), np.float32)
+
+
+@contextlib.contextmanager
+def tap(layer, what: str = "output", on_value: Callable | None = None):
+    """Record a layer's input or output while the model is called inside the block.
+
+    ``on_value`` can transform the recorded tensor before the rest of the model
+    sees it (e.g. ``tape.watch``); the transformed tensor is what flows on.
+    Works inside ``tf.function`` because the swap is active while tracing.
+    """
+    record: dict = {}
+    original = layer.call
+
+    def call(*args, **kwargs):
+        if what == "input":
+            value = args[0] if args else next(iter(kwargs.values()))
+            record["value"] = on_value(value) if on_value else value
+            args = (record["value"], *args[1:]) if args else args
+            return original(*args, **kwargs)
+        out = original(*args, **kwargs)
+        record["value"] = on_value(out) if on_value else out
+        return record["value"]
+
+    layer.call = call
+    try:
+        yield record
+    finally:
+        del layer.call  # restores the class method
+
+
+@contextlib.contextmanager
+def pre_activation(layer):
+    """Within the block, the head layer returns scores before softmax/sigmoid."""
+    import keras
+
+    if isinstance(layer, keras.layers.Softmax) or (
+        isinstance(layer, keras.layers.Activation) and _activation_name(layer) in ("softmax", "sigmoid")
+    ):
+        layer.call = lambda inputs, *a, **k: inputs
+        try:
+            yield
+        finally:
+            del layer.call
+        return
+    if _activation_name(layer) in ("softmax", "sigmoid"):
+        saved = layer.activation
+        layer.activation = keras.activations.linear
+        try:
+            yield
+        finally:
+            layer.activation = saved
+        return
+    yield
+
+
+def _keras_input_shape(model, path: Path) -> tuple:
+    shape = None
+    try:
+        shape = model.input_shape
+    except (AttributeError, ValueError):
+        build = getattr(model, "_build_shapes_dict", None) or {}
+        shape = next(iter(build.values()), None)
+    if isinstance(shape, list):
+        if len(shape) != 1:
+            raise ModelError(f"model has {len(shape)} inputs; keras-audit needs one image input", path)
+        shape = shape[0]
+    if shape is None or not getattr(model, "built", True):
+        raise ModelError("model was saved before it was built or trained (no input shape, no weights)", path)
+    return tuple(shape)
+
+
+def _load_keras(path: Path, unsafe: bool):
+    import keras
+
+    try:
+        config = _config_of(path)
+    except (zipfile.BadZipFile, OSError, KeyError, ValueError, json.JSONDecodeError) as e:
+        raise ModelError(f"not a readable Keras model file (truncated or corrupt: {type(e).__name__})", path)
+    if config is not None and "Lambda" in set(_class_names_in(config)) and not unsafe:
+        raise ModelError(
+            "model contains a Lambda layer, which runs arbitrary Python code when loaded; "
+            "refusing to load it in safe mode (pass --unsafe only if you trust this file)",
+            path,
+        )
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+    except ValueError as e:
+        if "safe_mode" in str(e):
+            raise ModelError(
+                "model needs code execution to load (safe_mode refused it); pass --unsafe only if you trust this file",
+                path,
+            )
+        raise ModelError(f"cannot load model: {str(e).splitlines()[0]}", path)
+    except (OSError, TypeError, KeyError, zipfile.BadZipFile) as e:
+        raise ModelError(f"cannot load model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'corrupt file'})", path)
+
+
+def _load_savedmodel(path: Path):
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as e:  # TF raises many types for a bad SavedModel
+        raise ModelError(f"not a readable SavedModel directory ({type(e).__name__})", path)
+    sig = loaded.signatures.get("serving_default")
+    if sig is None:
+        raise ModelError("SavedModel has no 'serving_default' signature", path)
+    _, kwargs = sig.structured_input_signature
+    if len(kwargs) != 1:
+        raise ModelError(f"SavedModel signature has {len(kwargs)} inputs; keras-audit needs one image input", path)
+    (in_name, spec), = kwargs.items()
+    out_keys = list(sig.structured_outputs)
+    if len(out_keys) != 1:
+        raise ModelError(f"SavedModel signature has {len(out_keys)} outputs; keras-audit needs one", path)
+
+    def call(x):
+        return sig(**{in_name: tf.cast(x, spec.dtype)})[out_keys[0]]
+
+    return loaded, tuple(spec.shape), call
+
+
+def _detect_kind(path: Path, out_shape: tuple, head_activation: str | None, probe: np.ndarray | None) -> tuple[str, int]:
+    if len(out_shape) != 2:
+        raise ModelError(
+            f"model output has shape {out_shape}; keras-audit needs a classifier with output (batch, classes)",
+            path,
+        )
+    units = out_shape[-1]
+    if head_activation is None and probe is not None:  # SavedModel: judge by values
+        if units == 1 and np.all((probe >= 0) & (probe <= 1)):
+            head_activation = "sigmoid"
+        elif units > 1 and np.all(probe >= 0) and np.allclose(probe.sum(-1), 1, atol=1e-3):
+            head_activation = "softmax"
+        else:
+            head_activation = "linear"
+    if units == 1:
+        if head_activation == "sigmoid":
+            return "sigmoid", 2
+        raise ModelError(
+            f"model has a single output unit with activation {head_activation!r}; "
+            "keras-audit needs softmax/logit outputs or one sigmoid unit (binary)",
+            path,
+        )
+    if head_activation == "softmax":
+        return "softmax", units
+    if head_activation in (None, "linear"):
+        return "logits", units
+    raise ModelError(
+        f"model output uses activation {head_activation!r} over {units} units; keras-audit needs a "
+        "single-label classifier (softmax, logits, or one sigmoid unit)",
+        path,
+    )
+
+
+def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
+    """Load a classifier from a ``.keras``/``.h5`` file or a SavedModel directory.
+
+    Args:
+        path: the model file or SavedModel directory.
+        unsafe: allow models whose loading runs arbitrary code (Lambda layers).
+            Off by default: untrusted files load with Keras ``safe_mode``.
+
+    Raises:
+        ModelError: the file is missing, corrupt, not a classifier, or unsafe.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelError("model file does not exist", path)
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise ModelError("directory is not a SavedModel (no saved_model.pb)", path)
+        fmt = "savedmodel"
+    elif path.suffix.lower() in KERAS_SUFFIXES:
+        fmt = "keras" if path.suffix.lower() == ".keras" else "h5"
+    else:
+        raise ModelError(f"unknown model format {path.suffix!r}; expected .keras, .h5 or a SavedModel directory", path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise ModelError("model file is empty", path)
+
+    if fmt == "savedmodel":
+        keras_model, in_shape, call = None, *_load_savedmodel(path)[1:]
+        head_activation = None
+    else:
+        keras_model = _load_keras(path, unsafe)
+        in_shape = _keras_input_shape(keras_model, path)
+        call = None
+        head_activation = _activation_name(_head_layer(keras_model))
+
+    if len(in_shape) != 4 or in_shape[-1] not in (1, 3) or None in in_shape[1:]:
+        raise ModelError(
+            f"model input has shape {in_shape}; keras-audit needs images (batch, height, width, 1 or 3 channels)",
+            path,
+        )
+    probe_x = np.full((2, *in_shape[1:]), 0.5, np.float32)
+    try:
+        probe = np.asarray(call(probe_x) if call else keras_model(probe_x, training=False))
+    except Exception as e:  # a model that cannot run on its own input shape is unusable
+        raise ModelError(f"model fails on an input of its own shape {in_shape}: {str(e).splitlines()[0]}", path)
+    kind, classes = _detect_kind(path, probe.shape, head_activation, probe)
+    return LoadedModel(
+        path=path,
+        format=fmt,
+        sha256=sha256_of(path),
+        input_shape=tuple(int(d) for d in in_shape[1:]),
+        num_classes=int(classes),
+        output_kind=kind,
+        keras_model=keras_model,
+        _call=call,
+    )

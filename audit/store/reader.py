@@ -1,0 +1,173 @@
+"""Typed, lazy read access to a results store.
+
+Every view (CLI summary, app, TensorBoard export, report, What-If bridge) reads
+a run through :class:`Reader`; nothing here imports TensorFlow. Large arrays
+are memory-mapped, so reading one heatmap does not load the others.
+
+Example:
+    >>> run = Reader("audit_out")                       # doctest: +SKIP
+    >>> run.class_names, run.num_examples               # doctest: +SKIP
+    (['circle', 'square', 'triangle'], 600)
+    >>> run.heatmap("gradcam", 17).shape                # doctest: +SKIP
+    (64, 64)
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from audit.errors import StoreError
+from audit.store import schema
+
+
+class Reader:
+    """Read access to one results store directory.
+
+    Args:
+        path: the store (the ``--out`` directory of a run).
+        allow_incomplete: open a run that has not finished (for resume and
+            diagnostics); views refuse incomplete runs by default.
+    """
+
+    def __init__(self, path: str | Path, *, allow_incomplete: bool = False):
+        self.path = Path(path)
+        manifest_path = self.path / schema.MANIFEST
+        if not self.path.is_dir():
+            raise StoreError("results store does not exist", self.path)
+        if not manifest_path.is_file():
+            raise StoreError("not a keras-audit results store (no manifest.json)", self.path)
+        try:
+            self.manifest: dict = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise StoreError(f"manifest.json is not valid JSON ({e.msg if hasattr(e, 'msg') else e})", self.path)
+        version = self.manifest.get("schema_version")
+        if not isinstance(version, int):
+            raise StoreError("manifest.json has no schema_version; not a keras-audit results store", self.path)
+        if version > schema.SCHEMA_VERSION:
+            raise StoreError(
+                f"store has schema version {version}, newer than this keras-audit understands "
+                f"({schema.SCHEMA_VERSION}); upgrade keras-audit",
+                self.path,
+            )
+        if not allow_incomplete and not self.complete:
+            raise StoreError("run is incomplete (interrupted?); finish it with `keras-audit run ... --resume`", self.path)
+
+    # -- description ------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete"))
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.manifest["dataset"]["count"])
+
+    @property
+    def model_info(self) -> dict:
+        return dict(self.manifest["model"])
+
+    @property
+    def options(self) -> dict:
+        return dict(self.manifest.get("options", {}))
+
+    @property
+    def mtime(self) -> float:
+        """Modification time of the manifest: a cache key for views."""
+        return (self.path / schema.MANIFEST).stat().st_mtime
+
+    # -- tables -------------------------------------------------------------------
+    @cached_property
+    def predictions(self):
+        """The predictions table (pandas DataFrame), one row per example."""
+        import pandas as pd
+
+        file = self.path / schema.PREDICTIONS
+        if not file.is_file():
+            raise StoreError("predictions.parquet is missing", self.path)
+        return pd.read_parquet(file)
+
+    @property
+    def annotation_columns(self) -> list[str]:
+        return schema.annotation_columns(self.predictions.columns)
+
+    def probabilities(self) -> np.ndarray:
+        cols = [schema.prob_column(k) for k in range(self.num_classes)]
+        return self.predictions[cols].to_numpy(np.float32)
+
+    @cached_property
+    def metrics(self) -> dict:
+        file = self.path / schema.METRICS
+        if not file.is_file():
+            raise StoreError("metrics.json is missing", self.path)
+        return json.loads(file.read_text())
+
+    # -- arrays ---------------------------------------------------------------------
+    def _array(self, rel: str) -> np.ndarray | None:
+        file = self.path / rel
+        return np.load(file, mmap_mode="r") if file.is_file() else None
+
+    @cached_property
+    def _images(self):
+        return self._array(schema.IMAGES)
+
+    def image(self, index: int) -> np.ndarray:
+        """Example ``index`` as the model saw it: uint8 (h, w, 3), longest side <= 128."""
+        if self._images is None:
+            raise StoreError("images.npy is missing", self.path)
+        return np.asarray(self._images[index])
+
+    @cached_property
+    def heatmap_index(self) -> dict[int, int]:
+        idx = self._array(schema.HEATMAP_INDEX)
+        return {} if idx is None else {int(i): row for row, i in enumerate(idx)}
+
+    @property
+    def heatmap_methods(self) -> list[str]:
+        return [m for m in schema.EXPLAINERS if (self.path / schema.heatmap_file(m)).is_file()]
+
+    def has_heatmap(self, index: int) -> bool:
+        return index in self.heatmap_index
+
+    def heatmap(self, method: str, index: int) -> np.ndarray:
+        """The stored map (h, w) float32 in [0, 1] of ``method`` for example ``index``."""
+        maps = self._array(schema.heatmap_file(method))
+        if maps is None:
+            raise StoreError(f"run has no {method!r} heatmaps (has: {', '.join(self.heatmap_methods) or 'none'})", self.path)
+        if index not in self.heatmap_index:
+            raise StoreError(f"example {index} has no heatmap (explained: {len(self.heatmap_index)} examples)", self.path)
+        return np.asarray(maps[self.heatmap_index[index]], np.float32)
+
+    @property
+    def activation_layers(self) -> list[str]:
+        return list(self.manifest.get("explained", {}).get("activation_layers", []))
+
+    def activations(self, layer: str, index: int) -> np.ndarray:
+        """Stored activations (a, b, channels) of ``layer`` for an explained example."""
+        arr = self._array(schema.activation_file(layer))
+        if arr is None or index not in self.heatmap_index:
+            raise StoreError(f"no stored activations of layer {layer!r} for example {index}", self.path)
+        return np.asarray(arr[self.heatmap_index[index]], np.float32)
+
+    @cached_property
+    def activation_stats(self) -> dict:
+        file = self.path / schema.ACTIVATION_STATS
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    def embeddings(self) -> np.ndarray | None:
+        """Penultimate-layer features (N, D), memory-mapped, or None if not stored."""
+        return self._array(schema.EMBEDDINGS)
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "incomplete"
+        return f"Reader({str(self.path)!r}, {self.num_examples} examples, {state})"

@@ -1,0 +1,79 @@
+"""The on-disk format of a results store (public; see README "Results store").
+
+This module is the only place that knows file names, column names and the
+schema version. The writer, the reader, the app and every exporter import it.
+
+Layout of ``OUT/``::
+
+    manifest.json          run description; ``complete`` is true only at the end
+    predictions.parquet    one row per example (see PREDICTION_COLUMNS)
+    metrics.json           metrics computed from predictions.parquet
+    images.npy             uint8 (N, h, w, 3): each example as the model saw it,
+                           longest side at most STORED_IMAGE_MAX_SIDE
+    heatmaps/index.npy     int64 (K,): example indices that have heatmaps
+    heatmaps/<method>.npy  float16 (K, h, w) in [0, 1], rows follow index.npy
+    activations/<layer>.npy  float16 (K, a, b, channels) for the same K examples
+    activations/stats.json   per-layer, per-channel mean / max / fraction of zeros
+                             over the whole dataset
+    embeddings.npy         float16 (N, D): penultimate-layer features
+    tensorboard/           TensorBoard logs (written by audit.sinks.tensorboard)
+    work/                  resume state of an unfinished run (removed at the end)
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+MANIFEST = "manifest.json"
+PREDICTIONS = "predictions.parquet"
+METRICS = "metrics.json"
+IMAGES = "images.npy"
+EMBEDDINGS = "embeddings.npy"
+HEATMAP_DIR = "heatmaps"
+HEATMAP_INDEX = "heatmaps/index.npy"
+ACTIVATION_DIR = "activations"
+ACTIVATION_STATS = "activations/stats.json"
+TENSORBOARD_DIR = "tensorboard"
+WORK_DIR = "work"
+
+# Longest side of the stored copy of each example; heatmaps use the same size.
+STORED_IMAGE_MAX_SIDE = 128
+
+# Fixed leading columns of predictions.parquet; then prob_0..prob_{C-1}, then
+# one column per annotation under its own name.
+PREDICTION_COLUMNS = ("index", "path", "label", "pred", "confidence", "correct")
+PROB_PREFIX = "prob_"
+
+# Annotations computed from every image when no CSV gives them (metrics slice by
+# these too). Raw numeric values; metrics bin them into quantiles.
+BUILTIN_ANNOTATIONS = ("aspect_ratio", "resolution", "brightness", "contrast")
+
+OUTPUT_KINDS = ("softmax", "logits", "sigmoid")
+EXPLAINERS = ("gradcam", "gradcam++", "occlusion", "activations")
+
+
+def prob_column(k: int) -> str:
+    return f"{PROB_PREFIX}{k}"
+
+
+def heatmap_file(method: str) -> str:
+    """File of one explainer's maps; 'gradcam++' is stored as 'gradcam_pp'."""
+    return f"{HEATMAP_DIR}/{method.replace('+', '_p')}.npy"
+
+
+def activation_file(layer: str) -> str:
+    """File of one layer's activations; nested names 'backbone/conv' become 'backbone__conv'."""
+    return f"{ACTIVATION_DIR}/{layer.replace('/', '__')}.npy"
+
+
+def annotation_columns(columns) -> list[str]:
+    """Annotation columns of a predictions table, in stored order."""
+    return [
+        c for c in columns if c not in PREDICTION_COLUMNS and not c.startswith(PROB_PREFIX)
+    ]
+
+
+def is_store(path) -> bool:
+    from pathlib import Path
+
+    return (Path(path) / MANIFEST).is_file()
