@@ -116,6 +116,7 @@ class LoadedModel:
     output_kind: str  # "softmax" | "logits" | "sigmoid"
     keras_model: Any = None  # None for a SavedModel
     _call: Callable | None = field(default=None, repr=False)
+    _owner: Any = field(default=None, repr=False)  # keeps a SavedModel's variables alive
     _compiled: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -407,10 +408,10 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
         raise ModelError("model file is empty", path)
 
     if fmt == "savedmodel":
-        keras_model, in_shape, call = None, *_load_savedmodel(path)[1:]
-        head_activation = None
+        owner, in_shape, call = _load_savedmodel(path)
+        keras_model, head_activation = None, None
     else:
-        keras_model = _load_keras(path, unsafe)
+        keras_model = owner = _load_keras(path, unsafe)
         in_shape = _keras_input_shape(keras_model, path)
         call = None
         head_activation = _activation_name(_head_layer(keras_model))
@@ -435,4 +436,5 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
         output_kind=kind,
         keras_model=keras_model,
         _call=call,
+        _owner=owner,
     )

@@ -1,0 +1,243 @@
+"""The ``keras-audit`` command line: a thin layer over the library.
+
+User mistakes (``AuditError``) print one line and exit 2; anything else is a
+bug and exits 1 with its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+from audit.errors import AuditError
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+DEMO = {
+    "model": SAMPLES / "shapes_bias.keras",
+    "data": SAMPLES / "shapes_eval",
+    "annotations": SAMPLES / "shapes_annotations.csv",
+}
+
+
+def _rescale(text: str) -> float:
+    try:
+        value = float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or fraction like 1/255, got {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _explainers(text: str) -> tuple[str, ...]:
+    from audit.store.schema import EXPLAINERS
+
+    if text.strip().lower() == "none":
+        return ()
+    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in EXPLAINERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown explainer {unknown[0]!r}; choose from {', '.join(EXPLAINERS)} or none")
+    return names
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--rescale", type=_rescale, default=1.0, help="multiply pixels (0..255) by this, e.g. 1/255 (default: none)")
+    p.add_argument("--explain", type=_explainers, default=("gradcam", "occlusion"),
+                   help="comma list of gradcam, gradcam++, occlusion, activations, or none (default: gradcam,occlusion)")
+    p.add_argument("--explain-limit", type=int, default=500,
+                   help="explain at most N examples, chosen to cover confident mistakes, classes and slices (0: all)")
+    p.add_argument("--layer", help="layer for Grad-CAM (default: last layer with a 4-D output; 'backbone/conv' reaches nested models)")
+    p.add_argument("--occlusion-patch", type=_positive_int, help="occlusion patch size in pixels (default: 1/8 of the shorter side)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for confidence intervals")
+    p.add_argument("--min-slice-size", type=int, default=30)
+    p.add_argument("--slice-pairs", action=argparse.BooleanOptionalAction, default=None,
+                   help="also slice by pairs of annotation columns (default: on with at most 4 columns)")
+    p.add_argument("--class-names", help="comma-separated class names in model output order")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _options(args):
+    from audit.runner import AuditOptions
+
+    return AuditOptions(
+        batch_size=args.batch_size,
+        rescale=args.rescale,
+        explain=args.explain,
+        explain_limit=None if args.explain_limit <= 0 else args.explain_limit,
+        layer=args.layer,
+        occlusion_patch=args.occlusion_patch,
+        bootstrap=args.bootstrap,
+        min_slice_size=args.min_slice_size,
+        slice_pairs=args.slice_pairs,
+        class_names=[c.strip() for c in args.class_names.split(",")] if args.class_names else None,
+        seed=args.seed,
+        unsafe=getattr(args, "unsafe", False),
+        tensorboard=not args.no_tensorboard,
+    )
+
+
+def summary(out: Path) -> None:
+    """Print the headline of a finished run: accuracy, worst slices, where to look next."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from audit.metrics import worst_slices
+    from audit.store.reader import Reader
+
+    run = Reader(out)
+    m = run.metrics
+    console = Console(highlight=False)
+    model = run.model_info
+    console.print(
+        f"\n[bold]{model['name']}[/] on {m['num_examples']} examples: "
+        f"accuracy [bold]{m['accuracy']:.3f}[/], balanced accuracy {m.get('balanced_accuracy', float('nan')):.3f}"
+        + (" (logits: softmax applied)" if model.get("softmax_applied") else "")
+    )
+    for note in run.manifest.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
+    worst = worst_slices(m, k=5)
+    if worst:
+        table = Table(title="Worst flagged slices (gap to the rest, 95% CI)", title_justify="left")
+        for col in ("slice", "n", "accuracy", "gap"):
+            table.add_column(col, justify="left" if col == "slice" else "right")
+        for row in worst:
+            lo, hi = row["gap_ci"]
+            table.add_row(
+                f"{row['column']} = {row['value']}", str(row["n"]), f"{row['accuracy']:.3f}",
+                f"{row['gap']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+            )
+        console.print(table)
+    else:
+        console.print("No slice differs from the rest beyond its confidence interval.")
+    console.print(f"\nResults: {out}")
+    console.print(f"  app:         keras-audit app {out}")
+    if (out / "tensorboard").is_dir():
+        console.print(f"  TensorBoard: tensorboard --logdir {out / 'tensorboard'} --host 127.0.0.1")
+    console.print(f"  report:      keras-audit report {out}")
+
+
+def cmd_run(args) -> None:
+    from audit.runner import run_audit
+
+    out = run_audit(args.model, args.data, args.out, annotations=args.annotations, options=_options(args),
+                    resume=args.resume, progress=not args.quiet)
+    summary(out)
+
+
+def cmd_demo(args) -> None:
+    from audit.runner import run_audit
+
+    missing = [str(p) for p in DEMO.values() if not p.exists()]
+    if missing:
+        raise AuditError(f"bundled sample files are missing ({', '.join(missing)}); run python sample_models/build.py")
+    out = run_audit(DEMO["model"], DEMO["data"], args.out, annotations=DEMO["annotations"], options=_options(args),
+                    resume=args.resume, progress=not args.quiet)
+    summary(out)
+
+
+def cmd_report(args) -> None:
+    from audit.sinks.report import write_report
+
+    path = write_report(Path(args.store), args.format, Path(args.output) if args.output else None)
+    print(path)
+
+
+def cmd_compare(args) -> None:
+    from rich.console import Console
+
+    from audit.compare import compare_runs, render_comparison
+
+    result = compare_runs(Path(args.store_a), Path(args.store_b), bootstrap=args.bootstrap)
+    Console(highlight=False).print(render_comparison(result))
+
+
+def cmd_tensorboard(args) -> None:
+    from audit.sinks.tensorboard import export
+
+    print(export(Path(args.store), Path(args.logdir) if args.logdir else None))
+
+
+def cmd_app(args) -> None:
+    from audit.app_launcher import launch
+
+    sys.exit(launch([Path(s) for s in args.stores], host=args.host, port=args.port))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keras-audit", description="Explain and audit a trained Keras image classifier.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="audit MODEL on DATA and write a results store")
+    p.add_argument("model", help=".keras / .h5 file or SavedModel directory")
+    p.add_argument("data", help="class-folder directory, directory with labels.csv, a labels .csv, or an .npz")
+    p.add_argument("--out", required=True, help="results store directory")
+    p.add_argument("--annotations", help="CSV keyed by path (or index for .npz) with columns to slice by")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--unsafe", action="store_true", help="allow models whose loading runs code (Lambda layers); only for trusted files")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="audit the bundled planted-bias sample model")
+    p.add_argument("--out", default="audit_demo", help="results store directory (default: audit_demo)")
+    p.add_argument("--resume", action="store_true")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_demo, explain_limit=200)
+
+    p = sub.add_parser("report", help="write a Markdown or self-contained HTML report of a run")
+    p.add_argument("store")
+    p.add_argument("--format", choices=("md", "html"), default="html")
+    p.add_argument("--output", help="file to write (default: OUT/report.html or report.md)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="compare two runs on the same examples")
+    p.add_argument("store_a")
+    p.add_argument("store_b")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("tensorboard", help="(re)write TensorBoard logs from a results store")
+    p.add_argument("store")
+    p.add_argument("--logdir", help="where to write (default: OUT/tensorboard)")
+    p.set_defaults(func=cmd_tensorboard)
+
+    p = sub.add_parser("app", help="browse runs in the Streamlit app")
+    p.add_argument("stores", nargs="*", help="one run, or two to compare (default: pick from runs under .)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=cmd_app)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except AuditError as e:
+        print(f"keras-audit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("keras-audit: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Grad-CAM and Grad-CAM++: only the channel weights differ; plumbing is in :class:`LayerCAM`."""
+
+from __future__ import annotations
+
+from audit.explain.base import LayerCAM
+
+
+class GradCAM(LayerCAM):
+    """Grad-CAM (Selvaraju et al., 2017): channel weight = spatial mean of the score's gradient.
+
+    Args:
+        model: a ``keras.Model`` or a LoadedModel from :func:`audit.load_model`.
+        layer: a layer name (``"backbone/conv_last"`` or the plain inner name
+            ``"conv_last"``), a layer object, or None for the last layer with a
+            4-D output, nested models included.
+        batch_size: images per compiled call.
+
+    Calling it with ``(images, targets=None)`` returns ``(N, H, W)`` float32
+    maps in [0, 1] at the input's size. The score is the target class's
+    pre-activation score: the logit for softmax and logits heads, ``z`` or
+    ``-z`` for class 1 or 0 of a single sigmoid unit (see :class:`LayerCAM`).
+
+    Example:
+        >>> from audit.explain import GradCAM
+        >>> maps = GradCAM(model, layer="backbone/conv_last")(images)   # doctest: +SKIP
+        >>> maps.shape, maps.dtype                                      # doctest: +SKIP
+        ((32, 48, 64), dtype('float32'))
+    """
+
+    @staticmethod
+    def channel_weights(activations, gradients):
+        import tensorflow as tf
+
+        return tf.reduce_mean(gradients, axis=(1, 2))
+
+
+class GradCAMPlusPlus(LayerCAM):
+    """Grad-CAM++ (Chattopadhay et al., 2018): positive gradients weighted per position.
+
+    ``alpha = g^2 / (2 g^2 + sum_ab(A) g^3)`` and ``weight_k = sum_ab alpha relu(g)``.
+    As in the paper, higher derivatives are replaced by powers of the first,
+    which is exact when the score is passed through ``exp``; positions with a
+    zero gradient get ``alpha = 0`` instead of 0/0. Arguments as :class:`GradCAM`.
+
+    Example:
+        >>> from audit.explain import GradCAMPlusPlus
+        >>> maps = GradCAMPlusPlus(model)(images, targets=2)    # doctest: +SKIP
+    """
+
+    @staticmethod
+    def channel_weights(activations, gradients):
+        import tensorflow as tf
+
+        g2 = tf.square(gradients)
+        g3 = g2 * gradients
+        total = tf.reduce_sum(activations, axis=(1, 2), keepdims=True)
+        alpha = tf.math.divide_no_nan(g2, 2.0 * g2 + total * g3)
+        return tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=(1, 2))
