@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "sample_models"
 SIZE = 16
-CLASSES = ("dark", "mid", "light")
+CLASSES = ("c0_dark", "c1_mid", "c2_light")  # sorted = model output order
 
 
 def brightness_images(n: int, seed: int = 0):

@@ -165,8 +165,8 @@ def split_at_conv_last(model):
     return before, after_logits
 
 
-def reference_cam(before, after_logits, x, targets, sigmoid: bool = False, size=None) -> tuple[np.ndarray, np.ndarray]:
-    """Eager Grad-CAM from the paper: (layer-resolution maps, normalised maps at ``size``)."""
+def reference_cam(before, after_logits, x, targets, sigmoid: bool = False, plus_plus: bool = False):
+    """Eager Grad-CAM (or Grad-CAM++) from the papers: (layer-resolution maps, normalised input-size maps)."""
     acts = tf.convert_to_tensor(before(tf.convert_to_tensor(x)))
     with tf.GradientTape() as tape:
         tape.watch(acts)
@@ -176,9 +176,16 @@ def reference_cam(before, after_logits, x, targets, sigmoid: bool = False, size=
         else:
             score = tf.gather(z, np.asarray(targets), batch_dims=1)
     grads = tape.gradient(score, acts).numpy()
-    weights = grads.mean(axis=(1, 2))
-    low = np.maximum(np.einsum("bhwk,bk->bhw", acts.numpy(), weights), 0)
-    full = resize_map(low, size or x.shape[1:3])
+    a = acts.numpy()
+    if plus_plus:
+        g2 = grads**2
+        denom = 2 * g2 + a.sum(axis=(1, 2), keepdims=True) * g2 * grads
+        alpha = np.divide(g2, denom, out=np.zeros_like(g2), where=denom != 0)
+        weights = (alpha * np.maximum(grads, 0)).sum(axis=(1, 2))
+    else:
+        weights = grads.mean(axis=(1, 2))
+    low = np.maximum(np.einsum("bhwk,bk->bhw", a, weights), 0)
+    full = resize_map(low, x.shape[1:3])
     lo = full.min(axis=(1, 2), keepdims=True)
     hi = full.max(axis=(1, 2), keepdims=True)
     return low, (full - lo) / np.where(hi > lo, hi - lo, 1)

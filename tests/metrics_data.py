@@ -103,7 +103,7 @@ def write_store(path: Path, frame: pd.DataFrame, class_names: list[str], *, mode
         "schema_version": schema.SCHEMA_VERSION,
         "complete": True,
         "class_names": list(class_names),
-        "dataset": {"count": n, "path": "synthetic/"},
+        "dataset": {"count": n, "source": "synthetic/", "kind": "npz"},
         "model": {"name": model_name, "path": f"{model_name}.keras", "output_kind": "softmax"},
         "options": {"bootstrap": bootstrap},
     }

@@ -174,7 +174,7 @@ def iter_batches(images, model, batch_size: int) -> Iterator[np.ndarray]:
 class Targets:
     """Hands out each batch's target classes; -1 stands for "the predicted class"."""
 
-    def __init__(self, targets, num_classes: int):
+    def __init__(self, targets, num_classes: int, count: int | None = None):
         self.num_classes = num_classes
         self.fixed: int | None = None
         self.array: np.ndarray | None = None
@@ -188,6 +188,8 @@ class Targets:
             if arr.ndim != 1:
                 raise AuditError(f"targets must be None, an int or a 1-D array of ints; received shape {arr.shape}")
             self.array = self._check(arr)
+            if count is not None and len(arr) != count:
+                raise AuditError(f"targets has {len(arr)} entries but there are {count} images")
 
     def _check(self, arr: np.ndarray) -> np.ndarray:
         if arr.size and arr.dtype.kind not in "iu":
@@ -277,7 +279,7 @@ class Explainer(abc.ABC):
 
     def iter_maps(self, images, targets=None, *, normalize: bool = True) -> Iterator[np.ndarray]:
         """Yield the maps batch by batch, so a large dataset never sits in memory."""
-        chosen = Targets(targets, self.model.num_classes)
+        chosen = Targets(targets, self.model.num_classes, len(images) if _is_array(images) else None)
         for x in self._batches(images):
             raw = self._explain_batch(x, chosen.take(len(x)))
             yield normalize_maps(raw) if normalize else np.asarray(raw, np.float32)

@@ -35,6 +35,8 @@ def _curve_function(model) -> Callable:
         deleted = tf.where(hidden, fill[:, None], x[:, None])
         inserted = tf.where(hidden, x[:, None], fill[:, None])
         flat = tf.concat([[-1], shape[1:]], 0)
+        # one forward call for clean and changed copies, so that rounding
+        # cannot differ between them (kernels vary with the batch size)
         batch = tf.concat([x, tf.reshape(deleted, flat), tf.reshape(inserted, flat)], 0)
         probs = model.to_probs(model.raw_output(batch))
         clean = probs[:n]

@@ -151,7 +151,8 @@ def _npz_member(path: Path, name: str):
         raise DataError(f".npz has no array {name!r} (has: {', '.join(n[:-4] for n in z.namelist())})", path)
     fh = z.open(member)
     version = np.lib.format.read_magic(fh)
-    shape, fortran, dtype = np.lib.format._read_array_header(fh, version)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(fh)
     if fortran:
         raise DataError(f"array {name!r} is stored in Fortran order; save it with np.savez(x=np.ascontiguousarray(x))", path)
     return z, fh, shape, dtype
@@ -254,7 +255,10 @@ def _open_npz(path: Path) -> Dataset:
 
 
 def normalise_path(p: str) -> str:
-    return Path(str(p).strip().lstrip("./") if str(p).startswith("./") else str(p).strip()).as_posix()
+    """One spelling per file: forward slashes, no './' or duplicate separators."""
+    import posixpath
+
+    return posixpath.normpath(str(p).strip().replace("\\", "/"))
 
 
 def open_dataset(path: str | Path) -> Dataset:

@@ -27,7 +27,9 @@ and infinities are ``null``; ``*_ci`` values are ``[lo, hi]`` 95% intervals)::
                            columns [{column, columns, kind, builtin, values, bin_edges, missing,
                                      disparity {values_compared, best, worst, accuracy_gap(_ci),
                                                 accuracy_ratio(_ci), equal_opportunity_gap(_ci),
-                                                equal_opportunity_class, recall_gap_per_class} | null}],
+                                                equal_opportunity_class, equal_opportunity_values [low, high],
+                                                recall_gap_per_class [{class, gap, ci, lowest, highest}]}
+                                     | null}],
                            skipped [{column, reason}],
                            rows [{column, value, columns, values, n, accuracy(_ci), error_rate(_ci),
                                   rest_accuracy, gap, gap_ci, flagged, too_small,
@@ -35,8 +37,12 @@ and infinities are ``null``; ``*_ci`` values are ``[lo, hi]`` 95% intervals)::
                            summary {tested, flagged, expected_flagged_by_chance}
                            (see audit.metrics.slices)
     thresholds             scope, default_threshold, target_recall_grid,
-                           classes [{class, index, positives, default, best_f1,
-                                     equal_opportunity {target_recall, slices [...]}}]
+                           classes [{class, index, positives,
+                                     default {threshold, precision, recall, f1}, best_f1 {same},
+                                     equal_opportunity {target_recall,
+                                         slices [{column, value, positives, negatives, recall_at_default,
+                                                  threshold, recall, precision,
+                                                  grid_thresholds, grid_precision}]}}]
                            (see audit.metrics.thresholds)
     notes                  [str]  warnings for the user (skipped columns, small slices, ...)
 
@@ -57,7 +63,7 @@ from numbers import Integral
 import numpy as np
 import pandas as pd
 
-from audit.errors import DataError
+from audit.errors import AuditError, DataError
 from audit.metrics.calibration import calibration_metrics
 from audit.metrics.classification import overall_metrics
 from audit.metrics.curves import curve_metrics
@@ -93,7 +99,7 @@ def to_json(value):
 
 def _option(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise DataError(f"metrics option {name} must be an integer >= {minimum}, got {value!r}")
+        raise AuditError(f"metrics option {name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -120,13 +126,14 @@ def compute_metrics(
         annotation_columns: columns to slice by; None slices by every annotation column.
 
     Raises:
-        DataError: the table or an option cannot be used.
+        DataError: the predictions table cannot be used.
+        AuditError: an option is out of range.
     """
     bootstrap = _option("--bootstrap", bootstrap, 0)
     min_slice_size = _option("--min-slice-size", min_slice_size, 1)
     seed = _option("seed", seed, 0)
     if slice_pairs is not None and not isinstance(slice_pairs, (bool, np.bool_)):
-        raise DataError(f"metrics option --slice-pairs must be true, false or None, got {slice_pairs!r}")
+        raise AuditError(f"metrics option --slice-pairs must be true, false or None, got {slice_pairs!r}")
 
     notes: list[str] = []
     p = read_predictions(predictions, class_names, notes)

@@ -98,7 +98,8 @@ def overall_metrics(p: Predictions, *, bootstrap: int, seed: int, notes: list[st
     if absent:
         notes.append(
             f"{len(absent)} class(es) have no labelled examples ({', '.join(absent[:5])}"
-            f"{', ...' if len(absent) > 5 else ''}); their recall is undefined and balanced accuracy averages the others"
+            f"{', ...' if len(absent) > 5 else ''}); their recall is undefined and balanced accuracy "
+            "averages the others"
         )
     never = [name for k, name in enumerate(p.class_names) if not (p.pred == k).any() and support[k] > 0]
     if never:

@@ -18,16 +18,13 @@ Classes past ``DETAIL_CLASSES`` keep their areas but not their curve points.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
-from audit.metrics.predictions import Predictions
+from audit.metrics.predictions import DETAIL_CLASSES, Predictions
 
 MAX_POINTS = 201
 GRID_POINTS = 101
-DETAIL_CLASSES = 50
 # Micro averages flatten N x C scores; past this many they would dominate run time and memory.
 MICRO_LIMIT = 20_000_000
 
@@ -39,29 +36,26 @@ def thin(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(np.int64))
 
 
-def pr_points(y_true: np.ndarray, score: np.ndarray, max_points: int = MAX_POINTS) -> dict:
-    """Thinned precision-recall curve; the last point (recall 0) has no threshold."""
+def _thinned(arrays: dict, max_points: int) -> dict:
+    keep = thin(len(next(iter(arrays.values()))), max_points)
+    return {k: np.round(v[keep], 6) for k, v in arrays.items()}
+
+
+def pr_curve(y_true: np.ndarray, score: np.ndarray) -> dict:
+    """scikit-learn's PR curve; the last point (recall 0) has no threshold, stored as NaN."""
     precision, recall, thresholds = precision_recall_curve(y_true, score)
-    thresholds = np.append(thresholds, np.nan)
-    keep = thin(len(precision), max_points)
-    return {
-        "precision": np.round(precision[keep], 6),
-        "recall": np.round(recall[keep], 6),
-        "thresholds": np.round(thresholds[keep], 6),
-    }
+    return {"precision": precision, "recall": recall, "thresholds": np.append(thresholds, np.nan)}
 
 
-def roc_points(y_true: np.ndarray, score: np.ndarray, max_points: int = MAX_POINTS) -> dict:
-    """Thinned ROC curve; the first point (nothing predicted positive) has threshold infinity, stored as null."""
+def roc(y_true: np.ndarray, score: np.ndarray) -> dict:
+    """scikit-learn's ROC curve; the first threshold (nothing positive) is infinite."""
     fpr, tpr, thresholds = roc_curve(y_true, score)
-    keep = thin(len(fpr), max_points)
-    return {"fpr": np.round(fpr[keep], 6), "tpr": np.round(tpr[keep], 6), "thresholds": np.round(thresholds[keep], 6)}
+    return {"fpr": fpr, "tpr": tpr, "thresholds": thresholds}
 
 
-def interpolated_precision(y_true: np.ndarray, score: np.ndarray, recall_grid: np.ndarray) -> np.ndarray:
-    precision, recall, _ = precision_recall_curve(y_true, score)
-    order = np.argsort(recall, kind="stable")
-    recall, precision = recall[order], precision[order]
+def interpolated_precision(curve: dict, recall_grid: np.ndarray) -> np.ndarray:
+    order = np.argsort(curve["recall"], kind="stable")
+    recall, precision = curve["recall"][order], curve["precision"][order]
     best_from_here = np.maximum.accumulate(precision[::-1])[::-1]
     at = np.searchsorted(recall, recall_grid, side="left")
     return np.where(at < len(recall), best_from_here[np.minimum(at, len(recall) - 1)], 0.0)
@@ -81,15 +75,15 @@ def curve_metrics(p: Predictions, notes: list[str], *, max_points: int = MAX_POI
         entry = {"class": p.class_names[c], "index": c, "positives": positives,
                  "average_precision": None, "roc_auc": None}
         if 0 < positives < n:
+            pr, rc = pr_curve(truth, score), roc(truth, score)
             entry["average_precision"] = average_precision_score(truth, score)
-            entry["roc_auc"] = roc_auc_score(truth, score)
+            entry["roc_auc"] = auc(rc["fpr"], rc["tpr"])
             if c < DETAIL_CLASSES:
-                entry["pr"] = pr_points(truth, score, max_points)
-                entry["roc"] = roc_points(truth, score, max_points)
+                entry["pr"], entry["roc"] = _thinned(pr, max_points), _thinned(rc, max_points)
             if not p.binary:
-                macro_prec.append(interpolated_precision(truth, score, recall_grid))
-                fpr, tpr, _ = roc_curve(truth, score, drop_intermediate=False)
-                macro_tpr.append(np.interp(fpr_grid, fpr, tpr))
+                macro_prec.append(interpolated_precision(pr, recall_grid))
+                # Points ROC drops as intermediate are collinear, so interpolating between the rest is exact.
+                macro_tpr.append(np.interp(fpr_grid, rc["fpr"], rc["tpr"]))
         else:
             undefined.append(p.class_names[c])
         per_class.append(entry)
@@ -116,15 +110,16 @@ def curve_metrics(p: Predictions, notes: list[str], *, max_points: int = MAX_POI
             "roc": {"fpr": fpr_grid, "tpr": np.round(macro_tpr_arr, 6)},
         }
     if n * p.num_classes <= MICRO_LIMIT:
-        onehot = (p.y[:, None] == np.arange(p.num_classes)[None, :]).astype(np.int8)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            out["micro"] = {
-                "average_precision": average_precision_score(onehot, p.probs, average="micro"),
-                "roc_auc": roc_auc_score(onehot, p.probs, average="micro"),
-                "pr": pr_points(onehot.ravel(), p.probs.ravel(), max_points),
-                "roc": roc_points(onehot.ravel(), p.probs.ravel(), max_points),
-            }
+        # Micro averaging is one binary problem over every (example, class) pair.
+        truth = (p.y[:, None] == np.arange(p.num_classes)[None, :]).ravel()
+        score = p.probs.ravel()
+        rc = roc(truth, score)
+        out["micro"] = {
+            "average_precision": average_precision_score(truth, score),
+            "roc_auc": auc(rc["fpr"], rc["tpr"]),
+            "pr": _thinned(pr_curve(truth, score), max_points),
+            "roc": _thinned(rc, max_points),
+        }
     else:
         notes.append(f"micro-averaged curves skipped: {n} examples x {p.num_classes} classes is too many pairs")
     return out

@@ -15,7 +15,7 @@ Two kinds, chosen per statistic:
   group's cell counts from ``Multinomial(n, observed cell frequencies)``, so one
   vectorised ``Generator.multinomial`` call replaces ``resamples`` passes over
   the rows. Groups are resampled independently with their sizes fixed (a
-  stratified bootstrap), and intervals are the 2.5 / 97.5 percentiles.
+  stratified bootstrap); intervals are the 2.5 / 97.5 percentiles.
 
 Example:
     >>> lo, hi = wilson(9, 10)
@@ -43,8 +43,9 @@ def wilson(successes, n) -> tuple[np.ndarray, np.ndarray]:
         denom = 1.0 + Z**2 / n
         centre = (p + Z**2 / (2 * n)) / denom
         half = Z * np.sqrt(p * (1 - p) / n + Z**2 / (4 * n**2)) / denom
-    lo = np.where(n > 0, np.clip(centre - half, 0.0, 1.0), np.nan)
-    hi = np.where(n > 0, np.clip(centre + half, 0.0, 1.0), np.nan)
+    # The closed form gives 0 and 1 at k = 0 and k = n only up to rounding.
+    lo = np.where(n > 0, np.where(k <= 0, 0.0, np.clip(centre - half, 0.0, 1.0)), np.nan)
+    hi = np.where(n > 0, np.where(k >= n, 1.0, np.clip(centre + half, 0.0, 1.0)), np.nan)
     return lo, hi
 
 

@@ -14,6 +14,10 @@ import pandas as pd
 from audit.errors import DataError
 from audit.store import schema
 
+# Per-class detail (curve points, per-slice recall, thresholds) is stored for
+# this many classes; past it metrics.json would grow with classes x slices.
+DETAIL_CLASSES = 50
+
 
 @dataclass(frozen=True)
 class Predictions:

@@ -38,22 +38,30 @@ Per slice
 
 Disparity per column (and per intersection), over values with at least
 ``min_slice_size`` examples
-    ``accuracy_gap`` (best minus worst value), ``accuracy_ratio`` (worst /
-    best), ``equal_opportunity_gap`` (largest spread in one class's recall
-    between values; the positive class's recall for a binary model), each with
-    a stratified bootstrap interval over (value x true class x correct) counts.
-    The sample maximum of a spread is biased upward when values are alike, and
-    so is its interval; read a gap whose interval nears zero as "no evidence".
+    ``accuracy_gap`` (best minus worst value) and ``accuracy_ratio`` (worst /
+    best), as fairlearn's ``MetricFrame.difference()`` / ``.ratio()`` define
+    them, and ``equal_opportunity_gap``: the largest spread of one class's
+    recall between values (the positive class's recall for a binary model),
+    with the class and the two values it compares. Intervals come from a
+    stratified bootstrap over (value x true class x correct) counts, for the
+    difference (or ratio) between the *two values the estimate compares*, kept
+    fixed across resamples. Re-picking the extremes in every resample (as a
+    bootstrap of max - min does) centres the resamples above the estimate,
+    because noise alone spreads values apart, and gives intervals that can
+    exclude the estimate itself. The pair is still picked on the same data, so
+    for a column with many values that are truly alike the interval is
+    somewhat optimistic; an interval that reaches zero is no evidence of a gap.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
+from numbers import Integral
 
 import numpy as np
 import pandas as pd
 
+from audit.errors import AuditError
 from audit.metrics.intervals import (
     bootstrap_statistic,
     excludes_zero,
@@ -62,13 +70,13 @@ from audit.metrics.intervals import (
     rng_for,
     wilson,
 )
+from audit.metrics.predictions import DETAIL_CLASSES
 from audit.store import schema
 
 QUANTILE_BINS = 5
 MAX_LEVELS = 10
 MAX_CATEGORIES = 50
 AUTO_PAIRS_MAX = 4
-DETAIL_CLASSES = 50
 MISSING = "(missing)"
 OTHER = "(other)"
 
@@ -124,10 +132,12 @@ def _single(name: str, kind: str, codes: np.ndarray, labels: list[str], builtin:
 # -- columns -> slices ------------------------------------------------------------------
 def _number_text(numbers: np.ndarray) -> list[str]:
     """Shortest formatting (4 significant digits or more) that keeps distinct numbers distinct."""
+    if np.all(numbers == np.round(numbers)) and np.all(np.abs(numbers) < 1e15):
+        return [str(int(x)) for x in numbers]
+    distinct = np.unique(numbers)
     for digits in range(4, 18):
-        text = [f"{x:.{digits}g}" for x in numbers]
-        if len(set(text)) == len(text):
-            return text
+        if len({f"{x:.{digits}g}" for x in distinct}) == len(distinct):
+            return [f"{x:.{digits}g}" for x in numbers]
     return [repr(float(x)) for x in numbers]
 
 
@@ -137,62 +147,72 @@ def _edge_labels(edges: np.ndarray) -> list[str]:
     return [f"[{text[i]}, {text[i + 1]}{']' if i == last else ')'}" for i in range(len(edges) - 1)]
 
 
-def _codes(values: np.ndarray, present: np.ndarray, order: list, fallback: int | None = None) -> np.ndarray:
-    """Code of each present value by its position in ``order``; absent rows get ``len(order)`` (missing)."""
-    lookup = {v: i for i, v in enumerate(order)}
-    codes = np.full(len(values), len(order), dtype=np.int64)
-    codes[present] = [lookup.get(v, fallback) for v in values[present]]
-    return codes
+def _numeric_column(name: str, series: pd.Series, *, builtin: bool, min_slice_size: int) -> SliceColumn | str:
+    values = series.to_numpy(dtype=float, na_value=np.nan)
+    present = np.isfinite(values)
+    distinct = np.unique(values[present])
+    if len(distinct) == 0:
+        return "no row has a value"
+    integral = bool(np.all(distinct == np.round(distinct)))
+    if not builtin and integral and len(distinct) == present.sum() and len(distinct) > 1:
+        return "every value is distinct (an id?)"
+    missing = int((~present).sum())
+    if len(distinct) <= MAX_LEVELS:
+        codes = np.full(len(values), len(distinct), dtype=np.int64)
+        codes[present] = np.searchsorted(distinct, values[present])
+        return _single(name, "level", codes, _number_text(distinct), builtin, missing)
+    bins = int(np.clip(present.sum() // max(min_slice_size, 1), 2, QUANTILE_BINS))
+    edges = np.unique(np.quantile(values[present], np.linspace(0, 1, bins + 1), method="lower"))
+    if len(edges) < 3:
+        # One value holds nearly every row, so the quantiles fall on it; split
+        # the rows at that value instead of leaving a single bin.
+        mode = distinct[np.argmax(np.bincount(np.searchsorted(distinct, values[present])))]
+        split = distinct[1] if mode == distinct[0] else mode
+        edges = np.array([distinct[0], split, distinct[-1]])
+    codes = np.full(len(values), len(edges) - 1, dtype=np.int64)
+    codes[present] = np.searchsorted(edges[1:-1], values[present], side="right")
+    return _single(
+        name, "quantile", codes, _edge_labels(edges), builtin, missing,
+        bin_edges=[float(e) for e in edges],
+        ranges=[[float(edges[i]), float(edges[i + 1])] for i in range(len(edges) - 1)],
+    )
+
+
+def _category_column(name: str, series: pd.Series, *, builtin: bool, notes: list[str]) -> SliceColumn | str:
+    notna = series.notna().to_numpy()
+    text = series.astype(object).where(notna, "").astype(str).str.strip()
+    present = notna & (text != "").to_numpy()
+    found, values = pd.factorize(text[present], sort=True)
+    if len(values) == 0:
+        return "no row has a value (all NaN or empty)"
+    if not builtin and len(values) == present.sum() and len(values) > 1:
+        return "every value is distinct (an id?)"
+    order = [str(v) for v in values]
+    if len(values) > MAX_CATEGORIES:
+        counts = np.bincount(found, minlength=len(values))
+        keep = np.zeros(len(values), dtype=bool)
+        keep[np.argsort(-counts, kind="stable")[: MAX_CATEGORIES - 1]] = True
+        remap = np.where(keep, np.cumsum(keep) - 1, keep.sum())
+        found = remap[found]
+        order = [v for v, k in zip(order, keep) if k] + [OTHER]
+        notes.append(
+            f"annotation {name!r} has {len(values)} values; the {MAX_CATEGORIES - 1} most frequent are "
+            f"sliced and the rest share {OTHER!r}"
+        )
+    codes = np.full(len(series), len(order), dtype=np.int64)
+    codes[present] = found
+    return _single(name, "category", codes, order, builtin, int((~present).sum()))
 
 
 def make_slice_column(name: str, series: pd.Series, *, builtin: bool, min_slice_size: int,
                       notes: list[str]) -> SliceColumn | str:
     """Slices of one annotation column, or the reason it was skipped."""
     if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-        values = series.to_numpy(dtype=float, na_value=np.nan)
-        present = np.isfinite(values)
-        distinct = np.unique(values[present])
-        if len(distinct) == 0:
-            return "no row has a value"
-        integral = bool(np.all(distinct == np.round(distinct)))
-        if not builtin and integral and len(distinct) == present.sum() and len(distinct) > 1:
-            return "every value is distinct (an id?)"
-        missing = int((~present).sum())
-        if len(distinct) <= MAX_LEVELS:
-            codes = _codes(values, present, list(distinct))
-            column = _single(name, "level", codes, _number_text(distinct), builtin, missing)
-        else:
-            bins = int(np.clip(present.sum() // max(min_slice_size, 1), 2, QUANTILE_BINS))
-            edges = np.unique(np.quantile(values[present], np.linspace(0, 1, bins + 1), method="lower"))
-            codes = np.full(len(values), len(edges) - 1, dtype=np.int64)
-            codes[present] = np.searchsorted(edges[1:-1], values[present], side="right")
-            column = _single(
-                name, "quantile", codes, _edge_labels(edges), builtin, missing,
-                bin_edges=[float(e) for e in edges],
-                ranges=[[float(edges[i]), float(edges[i + 1])] for i in range(len(edges) - 1)],
-            )
+        column = _numeric_column(name, series, builtin=builtin, min_slice_size=min_slice_size)
     else:
-        raw = series.astype(object).to_numpy()
-        present = ~pd.isna(series).to_numpy()
-        text = np.array([str(v).strip() if ok else "" for v, ok in zip(raw, present)], dtype=object)
-        present &= text != ""
-        values, counts = np.unique(text[present].astype(str), return_counts=True)
-        if len(values) == 0:
-            return "no row has a value (all NaN or empty)"
-        if not builtin and len(values) == present.sum() and len(values) > 1:
-            return "every value is distinct (an id?)"
-        order, other = [str(v) for v in values], None
-        if len(values) > MAX_CATEGORIES:
-            keep = set(values[np.argsort(-counts, kind="stable")[: MAX_CATEGORIES - 1]])
-            order = [str(v) for v in values if v in keep] + [OTHER]
-            other = len(order) - 1
-            notes.append(
-                f"annotation {name!r} has {len(values)} values; the {MAX_CATEGORIES - 1} most frequent are "
-                f"sliced and the rest share {OTHER!r}"
-            )
-        codes = _codes(text.astype(str), present, order, other)
-        column = _single(name, "category", codes, list(order), builtin, int((~present).sum()))
-
+        column = _category_column(name, series, builtin=builtin, notes=notes)
+    if isinstance(column, str):
+        return column
     if len(column.labels) < 2:
         return f"it has one value ({column.labels[0]!r}) on every row"
     if column.missing:
@@ -320,29 +340,23 @@ def slice_rows(column: SliceColumn, counts: np.ndarray, *, min_slice_size: int,
 
 
 # -- disparity ----------------------------------------------------------------------------------
-def _spread(values: np.ndarray, axis: int) -> np.ndarray:
-    """max - min over ``axis`` ignoring NaN; NaN when fewer than two values are defined."""
-    defined = np.isfinite(values).sum(axis=axis)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        spread = np.nanmax(values, axis=axis) - np.nanmin(values, axis=axis)
-    return np.where(defined >= 2, spread, np.nan)
-
-
-def _disparity_statistics(counts: np.ndarray, classes: np.ndarray):
-    """Accuracy gap, ratio, per-class recall spread and their max, from counts ``(..., values, C, 2)``."""
+def _rates(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy ``(..., V)`` and per-class recall ``(..., V, C)`` of counts ``(..., V, C, 2)``."""
     n = counts.sum((-2, -1))
-    accuracy = counts[..., 1].sum(-1) / n
-    best, worst = accuracy.max(-1), accuracy.min(-1)
+    support = counts.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(best > 0, worst / best, np.nan)
-        support = counts.sum(-1)[..., classes]
-        recall = np.where(support > 0, counts[..., classes, 1] / np.maximum(support, 1), np.nan)
-    per_class = _spread(recall, axis=-2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        eo = np.nanmax(per_class, axis=-1)
-    return best - worst, ratio, eo, per_class
+        accuracy = counts[..., 1].sum(-1) / n
+        recall = np.where(support > 0, counts[..., 1] / np.maximum(support, 1), np.nan)
+    return accuracy, recall
+
+
+def _extremes(recall: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of ``recall`` (V, K): the values with the highest and lowest recall, and the spread."""
+    defined = np.isfinite(recall).sum(0) >= 2
+    high = np.argmax(np.where(np.isfinite(recall), recall, -np.inf), axis=0)
+    low = np.argmin(np.where(np.isfinite(recall), recall, np.inf), axis=0)
+    cols = np.arange(recall.shape[1])
+    return high, low, np.where(defined, recall[high, cols] - recall[low, cols], np.nan)
 
 
 def disparity(column: SliceColumn, counts: np.ndarray, *, binary: bool, class_names: list[str],
@@ -356,36 +370,51 @@ def disparity(column: SliceColumn, counts: np.ndarray, *, binary: bool, class_na
         )
         return None
     used = counts[use]
+    labels = [column.labels[i] for i in use]
     classes = np.array([1]) if binary else np.arange(counts.shape[1])
-    gap, ratio, eo, per_class = _disparity_statistics(used, classes)
-    accuracy = used[:, :, 1].sum(1) / n[use]
+    accuracy, recall = _rates(used)
+    best, worst = int(np.argmax(accuracy)), int(np.argmin(accuracy))
+    high, low, spread = _extremes(recall[:, classes])
+    k_star = int(np.nanargmax(spread)) if np.isfinite(spread).any() else None
 
-    cis: list = [None, None, None, None]
+    gap_ci = ratio_ci = per_ci = None
     if bootstrap:
-        samples = bootstrap_statistic(used.reshape(len(use), -1), bootstrap, rng_for(seed, f"disparity:{column.name}"),
-                                      lambda d: _disparity_statistics(d.reshape(len(d), *used.shape), classes))
-        cis = [list(percentile_interval(s)) for s in samples]
-        cis[3] = _pairs(*cis[3]) if len(classes) <= DETAIL_CLASSES else None
+        cols = np.arange(len(classes))
 
-    eo_class = None
-    if np.isfinite(per_class).any():
-        eo_class = class_names[int(classes[np.nanargmax(per_class)])]
+        def statistic(draws: np.ndarray):
+            acc, rec = _rates(draws.reshape(len(draws), *used.shape))
+            rec = rec[:, :, classes]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = np.where(acc[:, best] > 0, acc[:, worst] / acc[:, best], np.nan)
+            return acc[:, best] - acc[:, worst], ratio, rec[:, high, cols] - rec[:, low, cols]
+
+        gap_s, ratio_s, per_s = bootstrap_statistic(
+            used.reshape(len(use), -1), bootstrap, rng_for(seed, f"disparity:{column.name}"), statistic
+        )
+        gap_ci, ratio_ci = list(percentile_interval(gap_s)), list(percentile_interval(ratio_s))
+        per_lo, per_hi = percentile_interval(per_s)
+        per_ci = np.stack([per_lo, per_hi], axis=-1)
+        per_ci[~np.isfinite(spread)] = np.nan
+
     out = {
-        "values_compared": [column.labels[i] for i in use],
-        "best": column.labels[use[int(np.argmax(accuracy))]],
-        "worst": column.labels[use[int(np.argmin(accuracy))]],
-        "accuracy_gap": gap,
-        "accuracy_gap_ci": cis[0],
-        "accuracy_ratio": ratio,
-        "accuracy_ratio_ci": cis[1],
-        "equal_opportunity_gap": eo,
-        "equal_opportunity_gap_ci": cis[2],
-        "equal_opportunity_class": eo_class,
+        "values_compared": labels,
+        "best": labels[best],
+        "worst": labels[worst],
+        "accuracy_gap": accuracy[best] - accuracy[worst],
+        "accuracy_gap_ci": gap_ci,
+        "accuracy_ratio": accuracy[worst] / accuracy[best] if accuracy[best] > 0 else None,
+        "accuracy_ratio_ci": ratio_ci,
+        "equal_opportunity_gap": None if k_star is None else spread[k_star],
+        "equal_opportunity_gap_ci": None if k_star is None or per_ci is None else per_ci[k_star].tolist(),
+        "equal_opportunity_class": None if k_star is None else class_names[int(classes[k_star])],
+        "equal_opportunity_values": None if k_star is None else [labels[low[k_star]], labels[high[k_star]]],
     }
     if len(classes) <= DETAIL_CLASSES:
         out["recall_gap_per_class"] = [
-            {"class": class_names[int(c)], "gap": per_class[k],
-             "ci": cis[3][k] if cis[3] is not None else None}
+            {"class": class_names[int(c)], "gap": spread[k],
+             "ci": None if per_ci is None else per_ci[k].tolist(),
+             "lowest": labels[low[k]] if np.isfinite(spread[k]) else None,
+             "highest": labels[high[k]] if np.isfinite(spread[k]) else None}
             for k, c in enumerate(classes)
         ]
     return out
@@ -417,6 +446,8 @@ def slice_metrics(frame: pd.DataFrame, y: np.ndarray, correct: np.ndarray, class
             "values": column.labels,
             "bin_edges": column.bin_edges,
             "missing": column.missing,
+            # A note for every intersection without two large values would bury the
+            # other notes; the count of small intersection slices says it once.
             "disparity": disparity(column, counts, binary=binary, class_names=class_names,
                                    min_slice_size=min_slice_size, bootstrap=bootstrap, seed=seed,
                                    notes=notes if column.kind != "intersection" else []),
@@ -450,7 +481,8 @@ def slice_metrics(frame: pd.DataFrame, y: np.ndarray, correct: np.ndarray, class
         "method": {
             "accuracy_ci": "wilson",
             "gap_ci": "newcombe hybrid score (slice vs rest)",
-            "disparity_ci": f"stratified bootstrap percentile, {bootstrap} resamples" if bootstrap else None,
+            "disparity_ci": f"stratified bootstrap percentile, {bootstrap} resamples, pair fixed"
+            if bootstrap else None,
             "level": 0.95,
             "bootstrap": bootstrap,
             "seed": seed,
@@ -477,6 +509,8 @@ def worst_slices(metrics: dict, k: int = 5, *, intersections: bool = False) -> l
     Returns:
         dicts with ``column, value, n, accuracy, ci, gap, gap_ci, too_small``.
     """
+    if isinstance(k, bool) or not isinstance(k, Integral) or k < 0:
+        raise AuditError(f"worst_slices needs a count k >= 0, got {k!r}")
     rows = (metrics.get("slices") or {}).get("rows") or []
     chosen = [
         r for r in rows

@@ -30,8 +30,8 @@ import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import precision_recall_curve, precision_recall_fscore_support
 
-from audit.metrics.predictions import Predictions
-from audit.metrics.slices import DETAIL_CLASSES, SliceColumn
+from audit.metrics.predictions import DETAIL_CLASSES, Predictions
+from audit.metrics.slices import SliceColumn
 
 DEFAULT_THRESHOLD = 0.5
 TARGET_RECALL_GRID = np.round(np.linspace(0.05, 1.0, 20), 2)
@@ -99,7 +99,9 @@ def threshold_metrics(p: Predictions, columns: list[SliceColumn], notes: list[st
         slices = []
         for column in columns:
             k = len(column.labels)
-            order = by_score[np.argsort(column.codes[by_score], kind="stable")]
+            # Narrow codes let numpy's stable sort use radix sort.
+            codes = column.codes.astype(np.int16) if k < 2**15 else column.codes
+            order = by_score[np.argsort(codes[by_score], kind="stable")]
             pos = order[truth[order]]
             neg = order[~truth[order]]
             pos_at, neg_at = _segments(column.codes[pos], k), _segments(column.codes[neg], k)

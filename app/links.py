@@ -1,0 +1,81 @@
+"""Pages, and the links between them that carry a selection (cell, slice, example).
+
+A link writes what the target page should show into ``st.session_state`` and
+switches page; the target applies it before drawing its widgets. Widget values
+that must survive a visit to another page are listed in :data:`KEPT`: Streamlit
+drops the state of widgets a run did not draw, so ``main.py`` re-assigns them on
+every run (the documented way to keep them).
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+OVERVIEW = "views/overview.py"
+GALLERY = "views/gallery.py"
+EXAMPLE = "views/example.py"
+SLICES = "views/slices.py"
+CURVES = "views/curves.py"
+CALIBRATION = "views/calibration.py"
+COMPARE = "views/compare.py"
+
+# Session keys of the gallery's filters (prefix "g_") and the example page's choice.
+GALLERY_DEFAULTS = {
+    "g_true": [],
+    "g_pred": [],
+    "g_outcome": "all",
+    "g_annotation": "(any)",
+    "g_values": [],
+    "g_confidence": (0.0, 1.0),
+    "g_explained_only": False,
+    "g_sort": "most confident mistakes first",
+    "g_method": None,
+    "g_alpha": 0.45,
+    "g_page_size": 24,
+    "g_page": 1,
+}
+KEPT = (*GALLERY_DEFAULTS, "ex_index", "ex_layer", "ex_alpha", "sl_annotation", "sl_pair", "cv_class",
+        "cv_threshold", "cv_slice_column", "cmp_sort")
+
+REQUEST = "_gallery_request"
+EXAMPLE_INDEX = "ex_index"
+GALLERY_ORDER = "_gallery_order"
+
+
+def keep_widget_state() -> None:
+    """Stop Streamlit from dropping the values of widgets that are on another page."""
+    for key in KEPT:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def open_gallery(**filters) -> None:
+    """Switch to the gallery showing only ``filters`` (keys of :data:`GALLERY_DEFAULTS` without ``g_``).
+
+    Every filter not given is reset, so the link shows exactly the selection.
+    """
+    unknown = set(filters) - {k[2:] for k in GALLERY_DEFAULTS}
+    if unknown:
+        raise ValueError(f"unknown gallery filter(s): {', '.join(sorted(unknown))}")
+    st.session_state[REQUEST] = filters
+    st.switch_page(GALLERY)
+
+
+def apply_gallery_request() -> dict | None:
+    """On the gallery, before its widgets: take over a pending link's filters."""
+    request = st.session_state.pop(REQUEST, None)
+    if request is None:
+        return None
+    keep = {"g_method", "g_alpha", "g_page_size", "g_sort"}
+    for key, default in GALLERY_DEFAULTS.items():
+        if key not in keep:
+            st.session_state[key] = default
+    for name, value in request.items():
+        st.session_state[f"g_{name}"] = value
+    st.session_state["g_page"] = 1
+    return request
+
+
+def open_example(index: int) -> None:
+    st.session_state[EXAMPLE_INDEX] = int(index)
+    st.switch_page(EXAMPLE)

@@ -1,0 +1,115 @@
+"""keras-audit app: browse the results store of an audit run (or compare two).
+
+Start it with ``keras-audit app OUT [OUT_B]`` or ``streamlit run app/main.py -- OUT [OUT_B]``;
+with no run given it lists the stores found under the current directory.
+
+This script frames every page: it opens the run(s), shows a summary in the
+sidebar and routes to the page the user chose. It reads stores only through
+``store_cache`` and never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:
+    # `streamlit run` puts the script's folder on the path, AppTest does not;
+    # the pages import their helpers from here either way.
+    sys.path.insert(0, str(_HERE))
+
+import streamlit as st  # noqa: E402
+
+import links  # noqa: E402
+import store_cache  # noqa: E402
+from audit.errors import StoreError  # noqa: E402
+
+def stores_from_argv(argv: list[str]) -> list[str]:
+    """Runs given after ``--`` on the command line.
+
+    Only when this file is the script being run: under AppTest or an embedding
+    host, ``sys.argv`` belongs to someone else (pytest's options are no runs).
+    """
+    if argv and Path(argv[0]).resolve() == Path(__file__).resolve():
+        return [a for a in argv[1:] if a]
+    return []
+
+
+def pick_from_disk() -> list[str]:
+    """No run given: offer the stores found under the working directory."""
+    root = Path.cwd()
+    found = store_cache.find_runs(root)
+    names = {str(p): f"{p.relative_to(root) if p != root else '.'}" + ("" if s == "complete" else f" ({s})")
+             for p, s in found}
+    st.sidebar.header("Runs")
+    if not found:
+        st.title("keras-audit")
+        st.info(f"No results stores found under `{root}`. Create one with "
+                "`keras-audit run MODEL DATA --out OUT` (or try `keras-audit demo`), then "
+                "start the app with `keras-audit app OUT`.")
+        st.stop()
+    first = st.sidebar.selectbox("Run", list(names), format_func=names.get, index=None,
+                                 placeholder="pick a run", key="pick_run")
+    if first is None:
+        st.title("keras-audit")
+        st.write(f"{len(found)} results store(s) found under `{root}`. Pick one in the sidebar.")
+        st.dataframe([{"run": names[str(p)], "state": s} for p, s in found], hide_index=True)
+        st.stop()
+    others = [p for p in names if p != first]
+    second = st.sidebar.selectbox("Compare with", [None, *others],
+                                  format_func=lambda p: "(no comparison)" if p is None else names[p], key="pick_run_b")
+    return [first] + ([second] if second else [])
+
+
+def refuse(path: str, error: StoreError, *, which: str) -> None:
+    st.error(f"**Cannot open {which} `{path}`.**\n\n{error}", icon="🚫")
+
+
+def sidebar_summary(run: store_cache.RunRef, title: str) -> None:
+    m = store_cache.metrics(run)
+    man = store_cache.manifest(run)
+    explained = man.get("explained", {})
+    st.sidebar.markdown(
+        f"**{title}: {run.name}**  \n"
+        f"`{run.path}`  \n"
+        f"{m.get('num_examples', '?')} examples · {len(m.get('class_names', []))} classes · "
+        f"accuracy {m.get('accuracy', float('nan')):.1%}  \n"
+        f"explained: {explained.get('count', 0)} ({', '.join(explained.get('methods', [])) or 'none'})"
+    )
+
+
+def main() -> None:
+    st.set_page_config(page_title="keras-audit", page_icon="🔍", layout="wide")
+    links.keep_widget_state()
+    paths = stores_from_argv(sys.argv) or pick_from_disk()
+    if len(paths) > 2:
+        st.warning(f"{len(paths)} runs given; showing the first two.")
+    runs = []
+    for which, path in zip(("the run", "the second run"), paths[:2]):
+        try:
+            runs.append(store_cache.open_run(path))
+        except StoreError as e:
+            refuse(path, e, which=which)
+            if not runs:
+                st.stop()
+    store_cache.set_active(runs[0], runs[1] if len(runs) > 1 else None)
+
+    sidebar_summary(runs[0], "A" if len(runs) > 1 else "Run")
+    if len(runs) > 1:
+        sidebar_summary(runs[1], "B")
+    pages = [
+        st.Page(links.OVERVIEW, title="Overview", icon="📋", default=True),
+        st.Page(links.GALLERY, title="Gallery", icon="🖼️"),
+        st.Page(links.EXAMPLE, title="Example detail", icon="🔎"),
+        st.Page(links.SLICES, title="Slices", icon="🍰"),
+        st.Page(links.CURVES, title="Curves & thresholds", icon="📈"),
+        st.Page(links.CALIBRATION, title="Calibration", icon="🎯"),
+    ]
+    if len(runs) > 1:
+        pages.append(st.Page(links.COMPARE, title="Compare A and B", icon="⚖️"))
+    st.navigation(pages).run()
+
+
+if __name__ == "__main__":
+    main()

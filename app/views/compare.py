@@ -1,0 +1,124 @@
+"""Compare A and B: paired differences overall, per class and per slice; the examples they disagree on."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+import charts
+import links
+import store_cache
+from audit.errors import StoreError
+
+PER_PAGE = 8
+WINNER = {"a": "A better", "b": "B better", "tie": "no clear winner", None: "—"}
+
+run_a, run_b = store_cache.active()
+st.title("Compare A and B")
+if run_b is None:
+    st.info("Start the app with two runs of the same examples (`keras-audit app OUT_A OUT_B`) to compare them.")
+    st.stop()
+try:
+    result = store_cache.comparison(run_a, run_b)
+except StoreError as e:
+    st.error(f"**These two runs cannot be compared.**\n\n{e}", icon="🚫")
+    st.stop()
+
+st.markdown(f"**A** · {result['a']['model']} · `{result['a']['path']}`  \n"
+            f"**B** · {result['b']['model']} · `{result['b']['path']}`")
+st.caption(f"{result['num_examples']} examples; differences are B − A with paired bootstrap 95% intervals "
+           f"({result['bootstrap']} resamples): a model wins where the whole interval is on its side of zero.")
+
+
+def _ci(ci) -> str:
+    return "no interval" if not ci or None in ci else f"[{ci[0]:+.1%}, {ci[1]:+.1%}]"
+
+
+o, g = result["overall"], result["agreement"]
+cols = st.columns(4)
+cols[0].metric("Accuracy A → B", f"{o['accuracy_b']:.1%}", f"{o['accuracy_difference']:+.1%}",
+               help=f"A: {o['accuracy_a']:.1%}")
+cols[0].caption(f"A {o['accuracy_a']:.1%} · B − A {_ci(o.get('accuracy_difference_ci'))} · {WINNER[o.get('accuracy_winner')]}")
+cols[1].metric("Balanced accuracy A → B", f"{o['balanced_accuracy_b']:.1%}", f"{o['balanced_accuracy_difference']:+.1%}")
+cols[1].caption(f"A {o['balanced_accuracy_a']:.1%} · B − A {_ci(o.get('balanced_accuracy_difference_ci'))} · "
+                f"{WINNER[o.get('balanced_accuracy_winner')]}")
+cols[2].metric("Predictions differ", f"{g['predictions_differ']}", help=f"{g['predictions_differ_rate']:.1%} of examples")
+cols[2].caption(f"only A right {g['only_a_right']} · only B right {g['only_b_right']} · "
+                f"both right {g['both_right']} · both wrong {g['both_wrong']}")
+p = o.get("mcnemar_p")
+cols[3].metric("McNemar p", "n/a" if p is None else f"{p:.3g}",
+               help="exact test on the examples exactly one model gets right")
+
+st.subheader("Recall per class")
+per_class = pd.DataFrame(result["per_class"])
+if not per_class.empty:
+    per_class["interval"] = [_ci(c) for c in per_class["difference_ci"]]
+    per_class["winner"] = [WINNER[w] for w in per_class["winner"]]
+    st.dataframe(per_class[["class", "support", "recall_a", "recall_b", "difference", "interval", "winner"]],
+                 hide_index=True, width="stretch", key="cmp_classes",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                for c in ("recall_a", "recall_b", "difference")})
+
+st.subheader("Per-slice differences")
+slices = pd.DataFrame(result["slices"])
+if slices.empty:
+    st.info("Run A has no annotations to slice by.")
+else:
+    slices["lo"] = [c[0] if c else None for c in slices["difference_ci"]]
+    slices["hi"] = [c[1] if c else None for c in slices["difference_ci"]]
+    slices["label"] = slices["column"] + " = " + slices["value"]
+    a, b = st.columns([3, 2], vertical_alignment="bottom")
+    column = a.selectbox("Annotation", ["(all)", *dict.fromkeys(slices["column"])], key="cmp_column")
+    decided = b.toggle("Only slices one model wins", value=False, key="cmp_decided")
+    shown = slices if column == "(all)" else slices[slices["column"] == column]
+    if decided:
+        shown = shown[shown["winner"].isin(["a", "b"])]
+    if shown.empty:
+        st.info("No slice separates the two models beyond its interval.")
+    else:
+        st.altair_chart(charts.slice_difference(shown), width="stretch", key="cmp_slice_chart")
+        table = shown.assign(interval=[_ci(c) for c in shown["difference_ci"]],
+                             winner=[WINNER[w] for w in shown["winner"]])
+        st.dataframe(table[["column", "value", "n", "accuracy_a", "accuracy_b", "difference", "interval", "winner",
+                            "too_small"]], hide_index=True, width="stretch", key="cmp_slices",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                    for c in ("accuracy_a", "accuracy_b", "difference")})
+
+st.subheader("Where they disagree")
+disagreements = pd.DataFrame(result["disagreements"])
+if disagreements.empty:
+    st.success("The two models predict the same class on every example.")
+    st.stop()
+methods_a, methods_b = store_cache.heatmap_methods(run_a), store_cache.heatmap_methods(run_b)
+common = [m for m in methods_a if m in methods_b]
+a, b, c = st.columns([3, 3, 2])
+who = a.radio("Right answer from", ["any", "A only", "B only", "neither"], horizontal=True, key="cmp_right")
+method = b.radio("Heatmap", [*common, "none"], horizontal=True, key="cmp_method",
+                 format_func=lambda m: store_cache.METHOD_TITLES.get(m, m))
+alpha = c.slider("Opacity", 0.0, 1.0, 0.45, 0.05, key="cmp_alpha")
+wanted = {"any": None, "A only": "a", "B only": "b", "neither": "neither"}[who]
+rows = disagreements if wanted is None else disagreements[disagreements["right"] == wanted]
+pages = max(1, math.ceil(len(rows) / PER_PAGE))
+top = st.columns([5, 2], vertical_alignment="bottom")
+top[0].markdown(f"**{len(rows)} of {g['predictions_differ']} disagreements** "
+                "(one model right and the other confidently wrong first)")
+st.session_state["cmp_page"] = min(max(1, int(st.session_state.get("cmp_page", 1))), pages)
+page = top[1].number_input("Page", min_value=1, max_value=pages, step=1, key="cmp_page")
+method = None if method == "none" else method
+explained_a, explained_b = set(store_cache.explained(run_a).tolist()), set(store_cache.explained(run_b).tolist())
+for r in rows.iloc[(page - 1) * PER_PAGE: page * PER_PAGE].to_dict("records"):
+    i = int(r["index"])
+    with st.container(border=True):
+        left, mid, right = st.columns([2, 2, 3])
+        for col, run, side, explained in ((left, run_a, "a", explained_a), (mid, run_b, "b", explained_b)):
+            col.image(store_cache.picture(run, i, method, alpha), width="stretch",
+                      caption=f"{side.upper()}: {r['pred_' + side]} ({r['confidence_' + side]:.0%})"
+                              + ("" if method is None or i in explained else " · no map"))
+        right.markdown(f"**#{i}** · true **{r['label']}**  \n"
+                       f"A says {r['pred_a']} ({r['confidence_a']:.1%}) · B says {r['pred_b']} ({r['confidence_b']:.1%})  \n"
+                       f"right: **{ {'a': 'A', 'b': 'B', 'neither': 'neither'}[r['right']] }**"
+                       + (f"  \n`{r['path']}`" if r.get("path") else ""))
+        if right.button("Open in example detail (A)", key=f"cmp_open_{i}"):
+            links.open_example(i)

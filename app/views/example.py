@@ -1,0 +1,118 @@
+"""Example detail: the image, every heatmap, the probabilities, annotations, activations."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import charts
+import links
+import store_cache
+from audit.store import schema
+
+run, _ = store_cache.active()
+frame = store_cache.predictions(run)
+names = store_cache.class_names(run)
+methods = store_cache.heatmap_methods(run)
+explained = store_cache.explained(run)
+count = len(frame)
+
+# A link (?example=17) wins over the session's last choice, once per distinct link.
+linked = st.query_params.get("example")
+if linked is not None and linked != st.session_state.get("_ex_linked"):
+    st.session_state["_ex_linked"] = linked
+    if linked.isdigit() and int(linked) < count:
+        st.session_state[links.EXAMPLE_INDEX] = int(linked)
+st.session_state.setdefault(links.EXAMPLE_INDEX, int(explained[0]) if len(explained) else 0)
+st.session_state[links.EXAMPLE_INDEX] = min(max(0, int(st.session_state[links.EXAMPLE_INDEX])), count - 1)
+
+
+def _step(order: list[int], by: int) -> None:
+    current = st.session_state[links.EXAMPLE_INDEX]
+    if current in order:
+        st.session_state[links.EXAMPLE_INDEX] = order[(order.index(current) + by) % len(order)]
+    elif order:
+        st.session_state[links.EXAMPLE_INDEX] = order[0]
+
+
+st.title("Example detail")
+order = st.session_state.get(links.GALLERY_ORDER) or frame["index"].tolist()
+explained_list = explained.tolist()
+nav = st.columns([2, 1, 1, 1, 1], vertical_alignment="bottom")
+nav[0].number_input(f"Example index (0–{count - 1})", min_value=0, max_value=count - 1, step=1, key=links.EXAMPLE_INDEX)
+nav[1].button("◀ Previous in gallery", on_click=_step, args=(order, -1), key="ex_prev", width="stretch")
+nav[2].button("Next in gallery ▶", on_click=_step, args=(order, 1), key="ex_next", width="stretch")
+nav[3].button("Next explained ▶", on_click=_step, args=(explained_list, 1), key="ex_next_explained",
+              disabled=not explained_list, width="stretch")
+if nav[4].button("Back to gallery", key="ex_back", width="stretch"):
+    st.switch_page(links.GALLERY)
+
+index = int(st.session_state[links.EXAMPLE_INDEX])
+st.query_params["example"] = str(index)
+st.session_state["_ex_linked"] = str(index)
+row = frame.loc[frame["index"] == index].iloc[0]
+true, pred = names[int(row["label"])], names[int(row["pred"])]
+verdict = "correct" if row["correct"] else "wrong"
+st.subheader(f"#{index} · true {true} · predicted {pred} ({row['confidence']:.1%}) · {verdict}")
+if isinstance(row.get("path"), str) and row["path"]:
+    st.caption(f"`{row['path']}`")
+
+has_maps = store_cache.reader(run).has_heatmap(index)
+st.session_state.setdefault("ex_alpha", 0.45)
+panels = st.columns(1 + len(methods) if has_maps else 1)
+panels[0].image(store_cache.picture(run, index, at_least=192), caption="image", width="stretch")
+if has_maps:
+    for col, method in zip(panels[1:], methods):
+        col.image(store_cache.picture(run, index, method, st.session_state.ex_alpha, at_least=192),
+                  caption=store_cache.METHOD_TITLES.get(method, method), width="stretch")
+    with st.expander("Raw maps"):
+        raw = st.columns(len(methods))
+        for col, method in zip(raw, methods):
+            col.image(store_cache.heatmap_colours(run, method, index), width="stretch",
+                      caption=f"{store_cache.METHOD_TITLES.get(method, method)} (0 blue … 1 red)")
+    st.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key="ex_alpha")
+else:
+    st.info(f"No heatmaps or activations for this example: the run explained {len(explained)} of {count} "
+            "examples. Use “Next explained” to jump to one.")
+
+left, right = st.columns(2)
+with left:
+    st.markdown("**Probabilities**")
+    probs = [float(row[schema.prob_column(k)]) for k in range(len(names))]
+    roles = ["true and predicted" if k == row["label"] == row["pred"] else "true class" if k == row["label"]
+             else "predicted (wrong)" if k == row["pred"] else "other" for k in range(len(names))]
+    table = pd.DataFrame({"class": names, "probability": probs, "role": roles})
+    if len(names) > 20:
+        # A long tail of near-zero classes hides the ones that matter.
+        table = table.sort_values("probability", ascending=False).head(20)
+    st.altair_chart(charts.probabilities(table), width="stretch", key="ex_probs")
+with right:
+    st.markdown("**Annotations**")
+    annotations = schema.annotation_columns(frame.columns)
+    facts = [("true class", true), ("predicted", pred), ("confidence", f"{row['confidence']:.4f}")]
+    facts += [(c, "" if pd.isna(row[c]) else str(row[c])) for c in annotations]
+    st.dataframe(pd.DataFrame(facts, columns=["annotation", "value"]), hide_index=True, width="stretch",
+                 key="ex_annotations")
+
+layers = [layer for layer in store_cache.reader(run).activation_layers
+          if (store_cache.reader(run).path / schema.activation_file(layer)).is_file()]
+st.subheader("Activations")
+if not layers:
+    st.info("This run stored no activations (run with --explain activations).")
+elif not has_maps:
+    st.info("Activations are stored for the explained examples only.")
+else:
+    if st.session_state.get("ex_layer") not in layers:
+        st.session_state.ex_layer = layers[-1]
+    layer = st.selectbox("Layer", layers, key="ex_layer")
+    mosaic, stats, shape, shown = store_cache.activation_view(run, layer, index)
+    h, w, channels = shape
+    left, right = st.columns([3, 2])
+    left.image(mosaic, width="stretch",
+               caption=f"{layer}: {shown} of {channels} channels ({h}×{w}), each scaled to its own maximum")
+    with right:
+        st.altair_chart(charts.channel_stats(stats), width="stretch", key="ex_channel_chart")
+        st.caption("Bars: this example's mean per channel; red ticks: the mean over the whole dataset.")
+        st.dataframe(stats, hide_index=True, width="stretch", height=260, key="ex_channel_stats",
+                     column_config={k: st.column_config.NumberColumn(format="%.3f")
+                                    for k in stats.columns if k != "channel"})

@@ -1,0 +1,98 @@
+"""Gallery: thumbnails with a heatmap overlaid, filtered, sorted and paginated.
+
+Only the current page's images are read (memory-mapped) and blended, so the
+first page of a 10k-example run costs the same as that of a small one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+import example_filter
+import links
+import store_cache
+
+COLUMNS = 6
+
+run, _ = store_cache.active()
+frame = store_cache.predictions(run)
+names = store_cache.class_names(run)
+methods = store_cache.heatmap_methods(run)
+explained = store_cache.explained(run)
+slice_columns = store_cache.slice_columns(run)
+
+request = links.apply_gallery_request()
+for key, default in links.GALLERY_DEFAULTS.items():
+    st.session_state.setdefault(key, default)
+if st.session_state.g_method not in [*methods, "none"]:
+    st.session_state.g_method = methods[0] if methods else "none"
+annotations = ["(any)", *[c["column"] for c in slice_columns]]
+if st.session_state.g_annotation not in annotations:
+    st.session_state.g_annotation = "(any)"
+
+st.title("Gallery")
+
+with st.container(border=True):
+    a, b, c, d = st.columns([3, 3, 2, 3])
+    a.multiselect("True class", range(len(names)), format_func=names.__getitem__, key="g_true",
+                  placeholder="any class")
+    b.multiselect("Predicted class", range(len(names)), format_func=names.__getitem__, key="g_pred",
+                  placeholder="any class")
+    c.radio("Outcome", example_filter.OUTCOMES, key="g_outcome", horizontal=True)
+    d.slider("Confidence", 0.0, 1.0, step=0.01, key="g_confidence")
+    a, b, c, d = st.columns([3, 3, 2, 3])
+    a.selectbox("Annotation", annotations, key="g_annotation")
+    column = next((col for col in slice_columns if col["column"] == st.session_state.g_annotation), None)
+    values = list(column["values"]) if column else []
+    # A value left over from another annotation would make the widget raise.
+    st.session_state.g_values = [v for v in st.session_state.g_values if v in values]
+    b.multiselect("Values", values, key="g_values", disabled=column is None,
+                  placeholder="any value" if column else "pick an annotation first")
+    c.checkbox("Only explained examples", key="g_explained_only",
+               help=f"{len(explained)} examples have heatmaps and activations")
+    d.selectbox("Sort", example_filter.SORTS, key="g_sort")
+    a, b, c = st.columns([4, 4, 3])
+    a.radio("Heatmap", [*methods, "none"], key="g_method", horizontal=True,
+            format_func=lambda m: store_cache.METHOD_TITLES.get(m, m))
+    b.slider("Opacity", 0.0, 1.0, step=0.05, key="g_alpha", disabled=st.session_state.g_method == "none")
+    c.selectbox("Per page", (12, 24, 48, 96), key="g_page_size")
+
+filters = example_filter.Filters(
+    true=tuple(st.session_state.g_true),
+    pred=tuple(st.session_state.g_pred),
+    outcome=st.session_state.g_outcome,
+    values=tuple(st.session_state.g_values),
+    confidence=tuple(st.session_state.g_confidence),
+    explained_only=st.session_state.g_explained_only,
+    explained=frozenset(explained.tolist()),
+)
+labels = store_cache.slice_labels(run, column["column"]) if column and filters.values else None
+shown = example_filter.select(frame, filters, labels, sort=st.session_state.g_sort)
+st.session_state[links.GALLERY_ORDER] = shown.tolist()
+
+pages = max(1, math.ceil(len(shown) / st.session_state.g_page_size))
+st.session_state.g_page = min(max(1, int(st.session_state.g_page)), pages)
+top = st.columns([5, 2], vertical_alignment="bottom")
+top[0].markdown(f"**{len(shown)} of {len(frame)} examples match** · page {st.session_state.g_page} of {pages}")
+top[1].number_input("Page", min_value=1, max_value=pages, step=1, key="g_page")
+
+start = (st.session_state.g_page - 1) * st.session_state.g_page_size
+page = shown[start: start + st.session_state.g_page_size]
+if not len(page):
+    st.info("No example matches these filters.")
+method = None if st.session_state.g_method == "none" else st.session_state.g_method
+pictures = store_cache.tiles(run, page, method, st.session_state.g_alpha)
+by_index = frame.set_index("index")
+for row_start in range(0, len(page), COLUMNS):
+    cols = st.columns(COLUMNS)
+    for col, i, picture in zip(cols, page[row_start: row_start + COLUMNS], pictures[row_start: row_start + COLUMNS]):
+        r = by_index.loc[int(i)]
+        mark = "✓" if r["correct"] else "✗"
+        note = "" if method is None or int(i) in filters.explained else " · no map"
+        col.image(picture, width="stretch",
+                  caption=f"{mark} #{int(i)} · {names[int(r['label'])]} → {names[int(r['pred'])]} · "
+                          f"{r['confidence']:.0%}{note}")
+        if col.button("Open", key=f"g_open_{int(i)}", width="stretch"):
+            links.open_example(int(i))

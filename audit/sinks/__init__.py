@@ -1,0 +1,1 @@
+"""Views that write a run somewhere else: a report file, TensorBoard logs."""

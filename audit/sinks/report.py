@@ -1,0 +1,543 @@
+"""A readable report of one run: Markdown, or one self-contained HTML file.
+
+The report reads the store through :class:`audit.store.reader.Reader` and shows
+what the run stored; it computes nothing about the model. In order:
+
+1. what was audited, and the headline numbers with their intervals;
+2. flagged slices worse than the rest, worst gap first (single annotations),
+   then intersections that are worse than both of their parts;
+3. disparity per annotation column;
+4. PR / ROC curves, the reliability diagram, per-class table, confusion matrix;
+5. thresholds (default, best F1, and equal-opportunity thresholds per slice);
+6. explanation quality, when the run scored its explainers;
+7. the most confident mistakes, with their heatmaps when the run has them;
+8. the notes the run raised.
+
+Pictures are matplotlib PNGs drawn without pyplot (no global state, no
+display). HTML embeds them as ``data:`` URIs, so the file can be mailed alone;
+Markdown writes them to ``<report name>_files/`` beside the report.
+
+Example:
+    >>> write_report(Path("audit_out"), "html")     # doctest: +SKIP
+    PosixPath('audit_out/report.html')
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from audit.errors import AuditError, StoreError
+from audit.metrics.slices import worst_slices
+from audit.store.reader import Reader
+from audit.viz import overlay
+
+FORMATS = ("md", "html")
+MISTAKES = 12
+CURVE_CLASSES = 10
+CONFUSION_MAX_CLASSES = 30
+INTERSECTIONS_SHOWN = 15
+EO_SLICES_SHOWN = 40
+
+
+@dataclass
+class Picture:
+    name: str
+    png: bytes
+    alt: str
+    width: int | None = None
+
+
+@dataclass
+class Block:
+    """One piece of the report: ``heading``, ``text``, ``table``, ``pictures`` or ``bullets``."""
+
+    kind: str
+    text: str = ""
+    level: int = 2
+    headers: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    pictures: list[Picture] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+
+
+# -- formatting ----------------------------------------------------------------------------
+def _num(x, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _signed(x, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:+.{digits}f}"
+
+
+def _ci(ci, signed: bool = False) -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return ""
+    fmt = _signed if signed else _num
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def _with_ci(x, ci, signed: bool = False) -> str:
+    text = (_signed if signed else _num)(x)
+    interval = _ci(ci, signed)
+    return f"{text} {interval}" if interval else text
+
+
+# -- pictures ----------------------------------------------------------------------------------
+def _figure(width: float, height: float, cols: int = 1):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    axes = fig.subplots(1, cols)
+    return fig, axes
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _image_png(image: np.ndarray) -> bytes:
+    from matplotlib.image import imsave
+
+    buf = io.BytesIO()
+    imsave(buf, np.asarray(image, np.uint8), format="png")
+    return buf.getvalue()
+
+
+def curves_picture(metrics: dict) -> Picture | None:
+    curves = metrics.get("curves") or {}
+    drawn = [c for c in curves.get("per_class", []) if c.get("pr")][:CURVE_CLASSES]
+    if not drawn:
+        return None
+    fig, (pr_ax, roc_ax) = _figure(10, 4.2, cols=2)
+    for c in drawn:
+        pr_ax.plot(c["pr"]["recall"], c["pr"]["precision"], lw=1.2,
+                   label=f"{c['class']} (AP {_num(c['average_precision'], 2)})")
+        roc_ax.plot(c["roc"]["fpr"], c["roc"]["tpr"], lw=1.2, label=f"{c['class']} (AUC {_num(c['roc_auc'], 2)})")
+    for key, style in (("macro", "--"), ("micro", ":")):
+        avg = curves.get(key)
+        if avg:
+            pr_ax.plot(avg["pr"]["recall"], avg["pr"]["precision"], "k" + style, lw=1.6,
+                       label=f"{key} (AP {_num(avg['average_precision'], 2)})")
+            roc_ax.plot(avg["roc"]["fpr"], avg["roc"]["tpr"], "k" + style, lw=1.6,
+                        label=f"{key} (AUC {_num(avg['roc_auc'], 2)})")
+    roc_ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
+    pr_ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall")
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02), title="ROC")
+    for ax in (pr_ax, roc_ax):
+        ax.legend(fontsize=7, loc="lower left" if ax is pr_ax else "lower right")
+        ax.grid(alpha=0.3)
+    shown = "" if len(drawn) == len(curves.get("per_class", [])) else f" (first {len(drawn)} classes)"
+    return Picture("curves", _png(fig), f"precision-recall and ROC curves{shown}")
+
+
+def reliability_picture(metrics: dict) -> Picture | None:
+    cal = metrics.get("calibration")
+    if not cal:
+        return None
+    edges = np.asarray(cal["edges"], float)
+    acc = np.array([np.nan if a is None else a for a in cal["accuracy"]], float)
+    count = np.asarray(cal["count"], float)
+    fig, (ax, hist) = _figure(10, 4.2, cols=2)
+    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    ax.bar(centres, np.nan_to_num(acc), width=width * 0.95, color="#4c78a8", label="accuracy")
+    ax.plot([0, 1], [0, 1], color="#e45756", lw=1, label="perfect calibration")
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=f"Reliability (ECE {_num(cal.get('ece'))})")
+    ax.legend(fontsize=8, loc="upper left")
+    hist.bar(centres, count, width=width * 0.95, color="0.6")
+    hist.set(xlabel="confidence", ylabel="examples", xlim=(0, 1), title="Confidence histogram")
+    return Picture("reliability", _png(fig), "reliability diagram and confidence histogram")
+
+
+def slices_picture(rows: list[dict], overall: float | None) -> Picture | None:
+    if not rows:
+        return None
+    rows = rows[:15][::-1]
+    fig, ax = _figure(8, 0.45 * len(rows) + 1.2)
+    acc = np.array([r["accuracy"] for r in rows])
+    lo = np.array([r["ci"][0] for r in rows])
+    hi = np.array([r["ci"][1] for r in rows])
+    ax.barh(range(len(rows)), acc, color="#e45756", xerr=[acc - lo, hi - acc], capsize=3)
+    ax.set_yticks(range(len(rows)), [f"{r['column']} = {r['value']}" for r in rows], fontsize=8)
+    if overall is not None:
+        ax.axvline(overall, color="k", lw=1, ls="--", label=f"overall {overall:.3f}")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set(xlim=(0, 1), xlabel="accuracy (95% CI)", title="Flagged slices, worst first")
+    return Picture("slices", _png(fig), "accuracy of flagged slices with 95% intervals")
+
+
+def confusion_picture(metrics: dict) -> Picture | None:
+    cm = np.asarray(metrics.get("confusion_matrix") or [], float)
+    names = metrics.get("class_names") or []
+    if cm.ndim != 2 or not len(cm) or len(cm) > CONFUSION_MAX_CLASSES:
+        return None
+    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = 2.5 + 0.35 * len(cm)
+    fig, ax = _figure(size + 1, size)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+    ax.set_xticks(range(len(cm)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(cm)), names, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (row-normalised)")
+    if len(cm) <= 12:
+        for i in range(len(cm)):
+            for j in range(len(cm)):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")
+    return Picture("confusion", _png(fig), "confusion matrix")
+
+
+# -- sections -------------------------------------------------------------------------------
+def _headline(metrics: dict) -> Block:
+    rows = [
+        ["accuracy", _num(metrics.get("accuracy")), _ci(metrics.get("accuracy_ci"))],
+        ["balanced accuracy", _num(metrics.get("balanced_accuracy")), _ci(metrics.get("balanced_accuracy_ci"))],
+    ]
+    for k, value in (metrics.get("top_k_accuracy") or {}).items():
+        if k != "1":
+            rows.append([f"top-{k} accuracy", _num(value), ""])
+    rows.append(["macro F1", _num(metrics.get("macro_f1")), ""])
+    rows.append(["log loss", _num(metrics.get("log_loss")), ""])
+    curves = metrics.get("curves") or {}
+    if curves.get("positive_class") is not None and curves.get("per_class"):
+        pos = curves["per_class"][0]
+        rows.append([f"average precision ({pos['class']})", _num(pos.get("average_precision")), ""])
+        rows.append([f"ROC AUC ({pos['class']})", _num(pos.get("roc_auc")), ""])
+    elif curves.get("macro"):
+        rows.append(["macro average precision", _num(curves["macro"].get("average_precision")), ""])
+        rows.append(["macro ROC AUC", _num(curves["macro"].get("roc_auc")), ""])
+    if metrics.get("calibration"):
+        rows.append(["expected calibration error", _num(metrics["calibration"].get("ece")), ""])
+    summary = (metrics.get("slices") or {}).get("summary")
+    if summary:
+        rows.append(["slices tested / flagged", f"{summary['tested']} / {summary['flagged']}",
+                     f"about {summary['expected_flagged_by_chance']:g} expected by chance"])
+    return Block("table", headers=["metric", "value", "95% CI"], rows=rows)
+
+
+def _slice_sections(metrics: dict) -> list[Block]:
+    slices = metrics.get("slices")
+    if not slices:
+        return []
+    blocks = [Block("heading", "Where the model is worse")]
+    worst = worst_slices(metrics, k=len(slices.get("rows", [])))
+    tested = (slices.get("summary") or {}).get("tested", 0)
+    if worst:
+        blocks.append(Block(
+            "text",
+            "Single annotation values whose accuracy differs from the rest of the data beyond the 95% interval "
+            "of the gap, worst first. Gap = slice accuracy minus the accuracy of all other examples.",
+        ))
+        blocks.append(Block(
+            "table", headers=["#", "slice", "n", "accuracy [95% CI]", "gap to rest [95% CI]", "note"],
+            rows=[[str(i + 1), f"{r['column']} = {r['value']}", str(r["n"]), _with_ci(r["accuracy"], r["ci"]),
+                   _with_ci(r["gap"], r["gap_ci"], signed=True), "too small" if r["too_small"] else ""]
+                  for i, r in enumerate(worst)],
+        ))
+        picture = slices_picture(worst, metrics.get("accuracy"))
+        if picture:
+            blocks.append(Block("pictures", pictures=[picture]))
+    elif not slices.get("columns"):
+        blocks.append(Block("text", "There was nothing to slice by: the run has no usable annotation columns "
+                                    "(see the notes)."))
+    else:
+        blocks.append(Block(
+            "text",
+            f"No single annotation value is worse than the rest beyond its 95% interval ({tested} slices tested).",
+        ))
+
+    pairs = [r for r in worst_slices(metrics, k=len(slices.get("rows", [])), intersections=True)
+             if "&" in r["column"]][:INTERSECTIONS_SHOWN]
+    if pairs:
+        blocks.append(Block("heading", "Intersections worse than both of their parts", level=3))
+        blocks.append(Block(
+            "text",
+            "Value pairs significantly worse than the other examples of each value alone. These are exploratory: "
+            f"{tested} slices were tested, so a few flags are expected by chance.",
+        ))
+        blocks.append(Block(
+            "table", headers=["slice", "n", "accuracy [95% CI]", "gap to rest [95% CI]"],
+            rows=[[f"{r['column']} = {r['value']}", str(r["n"]), _with_ci(r["accuracy"], r["ci"]),
+                   _with_ci(r["gap"], r["gap_ci"], signed=True)] for r in pairs],
+        ))
+
+    disparity = [c for c in slices.get("columns", []) if c.get("disparity") and c.get("kind") != "intersection"]
+    if disparity:
+        blocks.append(Block("heading", "Disparity per annotation", level=3))
+        blocks.append(Block(
+            "text",
+            f"Over values with at least {slices.get('min_slice_size')} examples. Accuracy gap = best minus worst "
+            "value; ratio = worst / best; equal-opportunity gap = largest spread of one class's recall (which "
+            "class, and between which values). Intervals are for the two values each estimate compares.",
+        ))
+        rows = []
+        for c in disparity:
+            d = c["disparity"]
+            rows.append([
+                c["column"] + (" (built-in)" if c.get("builtin") else ""),
+                f"{d['worst']} < {d['best']}",
+                _with_ci(d["accuracy_gap"], d.get("accuracy_gap_ci")),
+                _with_ci(d["accuracy_ratio"], d.get("accuracy_ratio_ci")),
+                _with_ci(d["equal_opportunity_gap"], d.get("equal_opportunity_gap_ci"))
+                + (f" ({d['equal_opportunity_class']}: {' < '.join(d['equal_opportunity_values'])})"
+                   if d.get("equal_opportunity_values") else ""),
+            ])
+        blocks.append(Block("table", headers=["annotation", "worst < best", "accuracy gap", "ratio",
+                                              "equal-opportunity gap"], rows=rows))
+    skipped = slices.get("skipped") or []
+    if skipped:
+        blocks.append(Block("bullets", items=[f"{s['column']}: skipped, {s['reason']}" for s in skipped]))
+    return blocks
+
+
+def _model_sections(metrics: dict) -> list[Block]:
+    blocks = [Block("heading", "Curves and calibration")]
+    pictures = [p for p in (curves_picture(metrics), reliability_picture(metrics)) if p]
+    if pictures:
+        blocks.append(Block("pictures", pictures=pictures))
+    per_class = metrics.get("per_class") or []
+    if per_class:
+        blocks.append(Block("heading", "Per class", level=3))
+        blocks.append(Block(
+            "table", headers=["class", "precision", "recall", "F1", "support"],
+            rows=[[c["class"], _num(c["precision"]), _num(c["recall"]), _num(c["f1"]), str(c["support"])]
+                  for c in per_class],
+        ))
+    picture = confusion_picture(metrics)
+    if picture:
+        blocks.append(Block("pictures", pictures=[picture]))
+    return blocks
+
+
+def _threshold_sections(metrics: dict) -> list[Block]:
+    th = metrics.get("thresholds")
+    if not th or not th.get("classes"):
+        return []
+    blocks = [Block("heading", "Thresholds")]
+    scope = "the positive class" if th.get("scope") == "binary" else "each class against the rest"
+    blocks.append(Block("text", f"Decision thresholds for {scope}; an example is positive when its score is at "
+                                "or above the threshold."))
+    rows = []
+    for c in th["classes"]:
+        d, b = c.get("default"), c.get("best_f1")
+        if d is None or b is None:
+            continue
+        rows.append([c["class"], str(c["positives"]), f"{_num(d['precision'])} / {_num(d['recall'])} / {_num(d['f1'])}",
+                     _num(b["threshold"]), f"{_num(b['precision'])} / {_num(b['recall'])} / {_num(b['f1'])}"])
+    blocks.append(Block("table", headers=["class", "positives", f"P / R / F1 at {th.get('default_threshold')}",
+                                          "best-F1 threshold", "P / R / F1 there"], rows=rows))
+    if th.get("scope") == "binary":
+        c = th["classes"][0]
+        eo = c.get("equal_opportunity")
+        if eo and eo.get("slices"):
+            blocks.append(Block("heading", "Equal-opportunity thresholds", level=3))
+            blocks.append(Block(
+                "text",
+                f"Per-slice thresholds that give every slice the overall recall of {c['class']} at the default "
+                f"threshold ({_num(eo['target_recall'])}). The app's threshold slider moves this target.",
+            ))
+            blocks.append(Block(
+                "table", headers=["slice", "positives", "recall at default", "threshold", "recall", "precision"],
+                rows=[[f"{s['column']} = {s['value']}", str(s["positives"]), _num(s["recall_at_default"]),
+                       _num(s["threshold"]), _num(s["recall"]), _num(s["precision"])]
+                      for s in eo["slices"][:EO_SLICES_SHOWN]],
+            ))
+    return blocks
+
+
+def _explanation_sections(metrics: dict) -> list[Block]:
+    quality = metrics.get("explanations")
+    if not isinstance(quality, dict) or not quality:
+        return []
+    rows = []
+    for method, scores in quality.items():
+        if isinstance(scores, dict):
+            rows.append([method, _num(scores.get("deletion_auc")), _num(scores.get("insertion_auc")),
+                         str(scores.get("n", ""))])
+    if not rows:
+        return []
+    return [
+        Block("heading", "Explanation quality"),
+        Block("text", "Mean area under the target-probability curve as the most salient pixels are removed "
+                      "(deletion: lower is better) or revealed (insertion: higher is better)."),
+        Block("table", headers=["method", "deletion AUC", "insertion AUC", "examples"], rows=rows),
+    ]
+
+
+def _mistake_sections(run: Reader) -> list[Block]:
+    frame = run.predictions
+    wrong = frame[~frame["correct"].astype(bool)].sort_values("confidence", ascending=False, kind="stable")
+    if wrong.empty:
+        return []
+    wrong = wrong.head(MISTAKES)
+    names = run.class_names
+    blocks = [Block("heading", "Most confident mistakes")]
+    methods = run.heatmap_methods
+    try:
+        run.image(int(wrong["index"].iloc[0]))
+        has_images = True
+    except StoreError:
+        has_images = False
+    if not has_images:
+        blocks.append(Block("text", "The run stored no images; the mistakes are listed without pictures."))
+        blocks.append(Block(
+            "table", headers=["example", "path", "true", "predicted", "confidence"],
+            rows=[[str(r["index"]), str(r["path"]), names[int(r["label"])], names[int(r["pred"])],
+                   _num(r["confidence"])] for _, r in wrong.iterrows()],
+        ))
+        return blocks
+    pictures = []
+    for _, r in wrong.iterrows():
+        index = int(r["index"])
+        image = run.image(index)
+        caption = f"#{index}: true {names[int(r['label'])]}, predicted {names[int(r['pred'])]} ({r['confidence']:.2f})"
+        pictures.append(Picture(f"mistake_{index}", _image_png(image), caption, width=128))
+        if run.has_heatmap(index):
+            for method in methods:
+                pictures.append(Picture(f"mistake_{index}_{method.replace('+', 'p')}",
+                                        _image_png(overlay(image, run.heatmap(method, index), 0.5)),
+                                        f"#{index}: {method}", width=128))
+    if not any(run.has_heatmap(int(i)) for i in wrong["index"]):
+        blocks.append(Block("text", "None of these examples has a stored heatmap."))
+    blocks.append(Block("pictures", pictures=pictures))
+    return blocks
+
+
+def build_report(run: Reader) -> tuple[str, list[Block]]:
+    """Title and content of the report of ``run``."""
+    metrics = run.metrics
+    model = run.model_info
+    title = f"keras-audit report: {model.get('name', 'model')}"
+    names = run.class_names
+    dataset = run.manifest.get("dataset", {})
+    source = dataset.get("source") or dataset.get("path")
+    annotations = (dataset.get("annotations") or {}).get("path")
+    about = (
+        f"Model {model.get('path', model.get('name', ''))} on {metrics.get('num_examples', run.num_examples)} examples"
+        f"{' from ' + str(source) if source else ''}"
+        f"{' annotated by ' + str(annotations) if annotations else ''}; {len(names)} classes "
+        f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}). Store: {run.path}."
+    )
+    if run.manifest.get("finished_at"):
+        about += f" Finished {run.manifest['finished_at']}."
+    blocks = [Block("text", about), Block("heading", "Headline"), _headline(metrics)]
+    blocks += _slice_sections(metrics)
+    blocks += _model_sections(metrics)
+    blocks += _threshold_sections(metrics)
+    blocks += _explanation_sections(metrics)
+    blocks += _mistake_sections(run)
+    notes = list(dict.fromkeys([*run.manifest.get("notes", []), *metrics.get("notes", [])]))
+    if notes:
+        blocks += [Block("heading", "Notes"), Block("bullets", items=notes)]
+    return title, blocks
+
+
+# -- rendering --------------------------------------------------------------------------------
+CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f3f3f3; }
+figure { display: inline-block; margin: 0.3em; vertical-align: top; }
+figcaption { font-size: 0.75em; max-width: 260px; color: #555; }
+img.small { image-rendering: pixelated; }
+"""
+
+
+def render_html(title: str, blocks: list[Block]) -> str:
+    esc = html.escape
+    out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
+           f"<title>{esc(title)}</title><style>{CSS}</style></head><body>", f"<h1>{esc(title)}</h1>"]
+    for b in blocks:
+        if b.kind == "heading":
+            out.append(f"<h{b.level}>{esc(b.text)}</h{b.level}>")
+        elif b.kind == "text":
+            out.append(f"<p>{esc(b.text)}</p>")
+        elif b.kind == "bullets":
+            out.append("<ul>" + "".join(f"<li>{esc(i)}</li>" for i in b.items) + "</ul>")
+        elif b.kind == "table":
+            head = "".join(f"<th>{esc(h)}</th>" for h in b.headers)
+            body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in b.rows)
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif b.kind == "pictures":
+            for p in b.pictures:
+                data = base64.b64encode(p.png).decode("ascii")
+                size = f' width="{p.width}" class="small"' if p.width else ""
+                out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(p.alt)}"{size}>'
+                           f"<figcaption>{esc(p.alt)}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(title: str, blocks: list[Block], assets: str) -> tuple[str, dict[str, bytes]]:
+    """Markdown text, and the picture files it links to (relative names under ``assets``)."""
+    out, files = [f"# {title}", ""], {}
+    for b in blocks:
+        if b.kind == "heading":
+            out += ["#" * b.level + " " + b.text, ""]
+        elif b.kind == "text":
+            out += [b.text, ""]
+        elif b.kind == "bullets":
+            out += [f"- {i}" for i in b.items] + [""]
+        elif b.kind == "table":
+            out.append("| " + " | ".join(_md_cell(h) for h in b.headers) + " |")
+            out.append("|" + "---|" * len(b.headers))
+            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
+            out.append("")
+        elif b.kind == "pictures":
+            for p in b.pictures:
+                rel = f"{assets}/{p.name}.png"
+                files[rel] = p.png
+                out.append(f"![{p.alt}]({rel})")
+            out.append("")
+    return "\n".join(out), files
+
+
+def write_report(store_dir: Path, fmt: str = "html", out: Path | None = None) -> Path:
+    """Write the report of the run in ``store_dir`` and return its path.
+
+    Args:
+        store_dir: a finished results store.
+        fmt: ``"html"`` (one self-contained file) or ``"md"`` (pictures in ``<name>_files/``).
+        out: the file to write; default ``store_dir/report.<fmt>``. A directory
+            gets ``report.<fmt>`` inside it.
+
+    Raises:
+        StoreError: the store is missing, incomplete, or has no metrics.json.
+        AuditError: ``fmt`` is not one of ``md``, ``html``.
+    """
+    if fmt not in FORMATS:
+        raise AuditError(f"report format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    run = Reader(store_dir)
+    title, blocks = build_report(run)
+    path = Path(out) if out is not None else Path(store_dir) / f"report.{fmt}"
+    if path.is_dir():
+        path = path / f"report.{fmt}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "html":
+        path.write_text(render_html(title, blocks), encoding="utf-8")
+        return path
+    text, files = render_markdown(title, blocks, f"{path.stem}_files")
+    for rel, data in files.items():
+        target = path.parent / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,691 @@
+"""What-If Tool bridge: open an audited model and its annotated data in ``witwidget``.
+
+:func:`what_if` turns a results store (or a model plus a dataset) into the
+What-If Tool's examples and configuration: every example becomes a
+``tf.train.Example`` holding its PNG-encoded image (``image/encoded``, which
+WIT shows as thumbnails), the label (``label``, the target feature, and
+``label_name``), every annotation under its own name, the audit's prediction
+(``audit_pred``, ``audit_confidence``, ``audit_correct``, ``audit_prob_<class>``)
+and, for explained examples, a summary of each stored heatmap
+(``<method>_centre_mass``, ``<method>_border_mass``, ``<method>_peak_x``,
+``<method>_peak_y``; see :func:`heatmap_features`). The tool runs the Keras
+model itself through a custom predict function that decodes those images,
+so datapoints edited in the tool are re-scored live.
+
+witwidget 1.8.1, its last release, predates TensorFlow 2.21 and protobuf 7.
+It is an optional extra, installed in two steps because its metadata asks for
+the full ``tensorflow`` wheel (see :data:`INSTALL_HINT`). Importing it through
+this module applies the fixes it needs, to witwidget only:
+
+* its bundled old-style ``*_pb2`` modules are rebuilt from their serialized
+  file descriptors, the way current protoc output does, so they load under
+  protobuf's default (upb) backend; no ``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION``
+  setting is needed, and none is changed;
+* ``json_format.MessageToJson(including_default_value_fields=...)``, renamed
+  in protobuf 5, is translated for witwidget's inference module;
+* its thumbnail sprite, built one image at a time in a TF1-style graph loop
+  whose cost grows with the square of the number of examples (about 10 s for
+  540 examples on a laptop core, redone after every datapoint edit), is drawn
+  with numpy and PIL instead, in the same layout;
+* with IPython 9, the ``IPython.core.display.display`` name it imports is
+  lent for the duration of the import.
+
+``import audit.wit`` imports neither TensorFlow nor witwidget.
+
+Example:
+    >>> from audit.wit import what_if
+    >>> tool = what_if("audit_out")          # doctest: +SKIP
+    >>> tool                                 # doctest: +SKIP  (in a notebook: shows the What-If Tool)
+    >>> tool.config_builder.build()["label_vocab"]  # doctest: +SKIP
+    ['circle', 'square', 'triangle']
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import inspect
+import io
+import math
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from audit.errors import AuditError, StoreError
+from audit.store import schema
+
+INSTALL_HINT = "pip install 'keras-audit[wit]' && pip install --no-deps witwidget==1.8.1"
+
+TARGET_FEATURE = "label"
+IMAGE_FEATURE = "image/encoded"  # the name WIT looks for to draw thumbnails
+PREDICT_BATCH = 64
+_VENDORED_PROTOS = "witwidget._vendor."
+_PROTO_FAILURE = "Descriptors cannot be created directly"
+
+
+# -- importing witwidget ------------------------------------------------------------------------
+
+
+def _missing_extra(what: str) -> AuditError:
+    return AuditError(f"the What-If Tool bridge needs the optional 'wit' extra ({what}); install it with: {INSTALL_HINT}")
+
+
+class _DescriptorPoolLoader(importlib.abc.Loader):
+    """Loads an old-style generated ``*_pb2`` module the way current protoc output does.
+
+    Old protoc output builds every descriptor by hand, which protobuf's C and
+    upb backends refuse. Its ``FileDescriptor(serialized_pb=...)`` call holds
+    the whole file, so the module is rebuilt from that: its imports run (they
+    register the files it depends on), the serialized file joins the default
+    pool, and protobuf's builder makes the descriptors and message classes
+    under the names the old module defined. Top-level functions (gRPC stub
+    helpers) are kept.
+    """
+
+    def __init__(self, origin: str):
+        self.origin = origin
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module) -> None:
+        from google.protobuf import descriptor_pool
+        from google.protobuf.internal import builder
+
+        tree = ast.parse(Path(self.origin).read_text(encoding="utf-8"), self.origin)
+        file_name, serialized = _serialized_file(tree, self.origin)
+        imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        helpers = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+        namespace = module.__dict__
+        exec(compile(ast.Module(body=imports, type_ignores=[]), self.origin, "exec"), namespace)
+        pool = descriptor_pool.Default()
+        try:
+            # A failed plain import of this module may already have added the file.
+            file_descriptor = pool.FindFileByName(file_name)
+        except KeyError:
+            file_descriptor = pool.AddSerializedFile(serialized)
+        namespace["DESCRIPTOR"] = file_descriptor
+        builder.BuildMessageAndEnumDescriptors(file_descriptor, namespace)
+        builder.BuildTopDescriptorsAndMessages(file_descriptor, module.__name__, namespace)
+        exec(compile(ast.Module(body=helpers, type_ignores=[]), self.origin, "exec"), namespace)
+
+
+def _serialized_file(tree: ast.Module, origin: str) -> tuple[str, bytes]:
+    """(file name, serialized FileDescriptorProto) from ``DESCRIPTOR = _descriptor.FileDescriptor(...)``."""
+    for node in tree.body:
+        call = node.value if isinstance(node, ast.Assign) else None
+        if not (isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "FileDescriptor"):
+            continue
+        args = {k.arg: k.value for k in call.keywords}
+        if "name" in args and "serialized_pb" in args:
+            value = args["serialized_pb"]
+            # Old protoc wraps the literal in _b(), which encodes a str as latin-1.
+            if isinstance(value, ast.Call) and len(value.args) == 1:
+                value = value.args[0]
+            data = ast.literal_eval(value)
+            return ast.literal_eval(args["name"]), data.encode("latin-1") if isinstance(data, str) else data
+    raise ImportError(f"{origin} has no FileDescriptor(serialized_pb=...) to rebuild it from")
+
+
+class _VendoredProtoFinder(importlib.abc.MetaPathFinder):
+    """Routes witwidget's bundled ``*_pb2`` modules (and nothing else) to :class:`_DescriptorPoolLoader`."""
+
+    def find_spec(self, fullname, path, target=None):
+        if not (fullname.startswith(_VENDORED_PROTOS) and fullname.endswith("_pb2")):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or not spec.origin:
+            return None
+        return importlib.util.spec_from_file_location(fullname, spec.origin, loader=_DescriptorPoolLoader(spec.origin))
+
+
+@contextlib.contextmanager
+def _vendored_protos() -> Iterator[None]:
+    finder = _VendoredProtoFinder()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
+
+@contextlib.contextmanager
+def _ipython_display_name() -> Iterator[None]:
+    """Lend ``IPython.core.display.display`` (gone in IPython 9) while witwidget imports it."""
+    try:
+        import IPython.core.display as core_display
+    except ImportError:  # reported by the witwidget import itself, with the install hint
+        yield
+        return
+    if hasattr(core_display, "display"):
+        yield
+        return
+    from IPython.display import display
+
+    core_display.display = display
+    try:
+        yield
+    finally:
+        del core_display.display
+
+
+class _JsonFormatCompat:
+    """witwidget's view of ``google.protobuf.json_format``, with the keyword protobuf 5 renamed."""
+
+    def __init__(self, json_format):
+        self._json_format = json_format
+
+    def __getattr__(self, name):
+        return getattr(self._json_format, name)
+
+    def MessageToJson(self, message, including_default_value_fields=False, **kwargs):  # noqa: N802 (protobuf's name)
+        if including_default_value_fields:
+            kwargs["always_print_fields_with_no_presence"] = True
+        return self._json_format.MessageToJson(message, **kwargs)
+
+
+def _sprite_image(serialized_examples: list[bytes]) -> bytes:
+    """PNG atlas of 32x32 thumbnails of ``image/encoded`` in witwidget's layout (a square grid, row by row)."""
+    from PIL import Image
+    from tensorflow.core.example import example_pb2
+
+    side = 32
+    per_row = max(1, math.ceil(math.sqrt(len(serialized_examples))))
+    atlas = np.zeros((per_row * side, per_row * side, 3), np.uint8)
+    for k, raw in enumerate(serialized_examples):
+        values = example_pb2.Example.FromString(raw).features.feature[IMAGE_FEATURE].bytes_list.value
+        if not values:
+            continue
+        with Image.open(io.BytesIO(values[0])) as img:
+            thumb = np.asarray(img.convert("RGB").resize((side, side), Image.BILINEAR))
+        top, left = (k // per_row) * side, (k % per_row) * side
+        atlas[top : top + side, left : left + side] = thumb
+    out = io.BytesIO()
+    Image.fromarray(atlas).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _patch_inference_utils() -> None:
+    from google.protobuf import json_format
+    from witwidget._utils import inference_utils
+
+    if not isinstance(inference_utils.json_format, _JsonFormatCompat) and (
+        "including_default_value_fields" not in inspect.signature(json_format.MessageToJson).parameters
+    ):
+        inference_utils.json_format = _JsonFormatCompat(json_format)
+    inference_utils.create_sprite_image = _sprite_image
+
+
+def load_witwidget():
+    """witwidget's notebook API (``WitConfigBuilder``, ``WitWidget``), made to work on this stack.
+
+    Raises:
+        AuditError: the 'wit' extra is not installed, or witwidget's protobuf
+            modules cannot be loaded; the message says what to run.
+    """
+    for name in ("witwidget", "ipywidgets", "googleapiclient", "oauth2client"):
+        if sys.modules.get(name, ...) is None or (name not in sys.modules and importlib.util.find_spec(name) is None):
+            raise _missing_extra(f"{name} is not installed")
+    try:
+        with _vendored_protos(), _ipython_display_name():
+            visualization = importlib.import_module("witwidget.notebook.visualization")
+    except ImportError as e:
+        raise _missing_extra(f"importing witwidget failed: {str(e).splitlines()[0]}")
+    except TypeError as e:
+        if _PROTO_FAILURE not in str(e):
+            raise
+        from google.protobuf.internal import api_implementation
+
+        raise AuditError(
+            f"witwidget's bundled protobuf modules do not load under protobuf's {api_implementation.Type()!r} "
+            "backend; restart Python with PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python set before anything "
+            f"imports protobuf, or reinstall the tested version: {INSTALL_HINT}"
+        )
+    _patch_inference_utils()
+    return visualization
+
+
+# -- examples --------------------------------------------------------------------------------------
+
+
+def heatmap_features(heatmap: np.ndarray) -> dict[str, float]:
+    """Where a map puts its weight, as four numbers WIT can plot and slice by.
+
+    * ``centre_mass``: share of the map's total inside the central box that
+      spans the middle half of each side (a quarter of the image);
+    * ``border_mass``: share in the outer ring, one eighth of each side wide
+      (the ring covers 7/16 of the image);
+    * ``peak_x``, ``peak_y``: position of the maximum, 0 (left / top) to 1.
+
+    A uniform map gives 0.25 and 0.4375; a model that looks at the object in
+    the middle scores a high ``centre_mass``, one that reads a corner tag a
+    high ``border_mass`` and a peak near that corner. An all-zero map has no
+    mass to share out and gives an empty dict.
+
+    >>> m = np.zeros((8, 8)); m[0, 0] = 1.0
+    >>> heatmap_features(m)
+    {'centre_mass': 0.0, 'border_mass': 1.0, 'peak_x': 0.0625, 'peak_y': 0.0625}
+    """
+    m = np.asarray(heatmap, np.float64)
+    if m.ndim != 2 or m.size == 0:
+        raise AuditError(f"heatmap must be a non-empty (h, w) array; received shape {m.shape}")
+    total = float(m.sum())
+    if not total > 0:
+        return {}
+    h, w = m.shape
+    ch, cw = h // 4, w // 4
+    bh, bw = max(1, round(h / 8)), max(1, round(w / 8))
+    centre = float(m[ch : h - ch, cw : w - cw].sum())
+    inner = float(m[bh : h - bh, bw : w - bw].sum())
+    y, x = np.unravel_index(int(np.argmax(m)), m.shape)
+    return {
+        "centre_mass": centre / total,
+        "border_mass": 1.0 - inner / total,
+        "peak_x": (x + 0.5) / w,
+        "peak_y": (y + 0.5) / h,
+    }
+
+
+@dataclass
+class _Rows:
+    """The examples to show, in order, with everything known about each."""
+
+    index: np.ndarray  # (n,) dataset positions
+    images: np.ndarray  # (n, h, w, 3) uint8
+    labels: np.ndarray  # (n,) class indices
+    probs: np.ndarray  # (n, C) the audit's probabilities
+    paths: list | None
+    annotations: Any  # DataFrame with n rows, or None
+    heatmaps: dict[int, dict[str, float]] = field(default_factory=dict)  # row -> features
+
+
+def _feature(value):
+    import pandas as pd
+    import tensorflow as tf
+
+    if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+        return None
+    if isinstance(value, (bool, np.bool_, int, np.integer)):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+    if isinstance(value, (float, np.floating)):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
+    data = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _examples(rows: _Rows, class_names: list[str]) -> list:
+    import tensorflow as tf
+
+    own = {IMAGE_FEATURE, "index", "path", TARGET_FEATURE, "label_name", "audit_pred", "audit_pred_name",
+           "audit_confidence", "audit_correct", *(f"audit_prob_{c}" for c in class_names)}
+    own |= {name for feats in rows.heatmaps.values() for name in feats}
+    ann_columns = [] if rows.annotations is None else list(rows.annotations.columns)
+    # An annotation that shares a name with a feature of ours keeps its values under a prefix.
+    ann_names = {c: (f"annotation/{c}" if c in own else c) for c in ann_columns}
+    ann_values = {c: rows.annotations[c].tolist() for c in ann_columns}
+    preds = rows.probs.argmax(axis=1)
+    out = []
+    for r in range(len(rows.index)):
+        label, pred = int(rows.labels[r]), int(preds[r])
+        values: dict[str, Any] = {
+            IMAGE_FEATURE: _png(rows.images[r]),
+            "index": int(rows.index[r]),
+            "path": rows.paths[r] if rows.paths is not None else None,
+            TARGET_FEATURE: label,
+            "label_name": class_names[label],
+            "audit_pred": pred,
+            "audit_pred_name": class_names[pred],
+            "audit_confidence": float(rows.probs[r, pred]),
+            "audit_correct": pred == label,
+        }
+        values.update({f"audit_prob_{c}": float(rows.probs[r, k]) for k, c in enumerate(class_names)})
+        values.update(rows.heatmaps.get(r, {}))
+        values.update({ann_names[c]: ann_values[c][r] for c in ann_columns})
+        features = {name: f for name, v in values.items() if (f := _feature(v)) is not None}
+        out.append(tf.train.Example(features=tf.train.Features(feature=features)))
+    return out
+
+
+def _choose(count: int, preferred: np.ndarray, max_examples: int) -> np.ndarray:
+    """Row positions to show: ``preferred`` rows first, then a seeded sample of the rest, in order."""
+    if count <= max_examples:
+        return np.arange(count)
+    chosen = np.asarray(preferred, np.int64)[:max_examples]
+    rest = np.setdiff1d(np.arange(count), chosen)
+    fill = np.random.default_rng(0).choice(rest, size=max_examples - len(chosen), replace=False)
+    return np.sort(np.concatenate([chosen, fill]))
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+
+class ModelPredictFn:
+    """WIT's custom predict function for one Keras model.
+
+    It decodes each example's ``image/encoded``, prepares it the way the audit
+    did (resized with antialiasing to the model's input size when it differs,
+    converted to grayscale for one-channel models, multiplied by ``rescale``)
+    and returns class probabilities, ``PREDICT_BATCH`` images per model call.
+    Its single parameter is what witwidget expects of notebook predict functions.
+    """
+
+    def __init__(self, model, rescale: float):
+        self.model = model
+        self.rescale = float(rescale)
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        h, w, channels = self.model.input_shape
+        x = tf.constant(image, tf.float32)
+        if tuple(image.shape[:2]) != (h, w):
+            x = tf.image.resize(x, (h, w), antialias=True)
+        if channels == 1:
+            x = tf.image.rgb_to_grayscale(x)
+        return x.numpy() * np.float32(self.rescale)
+
+    def __call__(self, examples) -> list[list[float]]:
+        from PIL import Image
+
+        out: list[list[float]] = []
+        for start in range(0, len(examples), PREDICT_BATCH):
+            batch = []
+            for ex in examples[start : start + PREDICT_BATCH]:
+                encoded = ex.features.feature[IMAGE_FEATURE].bytes_list.value
+                if not encoded:
+                    raise AuditError(f"a datapoint has no {IMAGE_FEATURE!r} image to predict on")
+                with Image.open(io.BytesIO(encoded[0])) as img:
+                    batch.append(self._prepare(np.asarray(img.convert("RGB"))))
+            out.extend(self.model.predict(np.stack(batch), batch_size=PREDICT_BATCH).tolist())
+        return out
+
+
+def _loaded_model(model, unsafe: bool):
+    """A LoadedModel from a LoadedModel, a model file or directory, or an in-memory keras.Model."""
+    from audit.io.models import LoadedModel, load_model
+
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, (str, Path)):
+        return load_model(model, unsafe=unsafe)
+    import keras
+
+    if isinstance(model, keras.Model):
+        # A saved copy goes through the same checks (input shape, output head) as a model file.
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / f"{model.name}.keras"
+            model.save(file)
+            return load_model(file, unsafe=unsafe)
+    raise AuditError(
+        f"expected a results store, a model file, a LoadedModel or a keras.Model; received {type(model).__name__}"
+    )
+
+
+@dataclass
+class _Source:
+    """A model with the rescale factor its inputs need and where it came from."""
+
+    model: Any  # LoadedModel
+    rescale: float
+    class_names: list[str] | None = None  # known when it comes from a store
+
+
+def _run_model(store: Path, unsafe: bool) -> _Source:
+    from audit.store.reader import Reader
+
+    run = Reader(store)
+    path = Path(run.model_info["path"])
+    if not path.exists():
+        raise StoreError(
+            f"the run's model {path} no longer exists; open the model directly: what_if(MODEL, data=DATA)", store
+        )
+    model = _loaded_model(path, unsafe)
+    return _Source(model, float(run.options.get("rescale", 1.0)), run.class_names)
+
+
+# -- the bridge ------------------------------------------------------------------------------------
+
+
+@dataclass
+class WhatIf:
+    """The What-If Tool set up for one audited model (and optionally a second to compare).
+
+    Attributes:
+        config_builder: witwidget's ``WitConfigBuilder``, configured.
+        indices: dataset positions of the examples shown, in the tool's order.
+        class_names: the label vocabulary.
+        notes: things to know when reading the tool (e.g. live predictions
+            that cannot match the stored ones).
+
+    In a notebook the object displays as the tool itself; ``widget`` is the
+    ``WitWidget`` (built on first use, anywhere).
+
+    Example:
+        >>> tool = what_if("audit_out", compare="retrained.keras")   # doctest: +SKIP
+        >>> tool.widget.infer_impl()["label_vocab"]                  # doctest: +SKIP
+        ['circle', 'square', 'triangle']
+    """
+
+    config_builder: Any
+    indices: np.ndarray
+    class_names: list[str]
+    notes: list[str] = field(default_factory=list)
+    height: int = 800
+    _widget: Any = field(default=None, repr=False)
+
+    @property
+    def widget(self):
+        if self._widget is None:
+            self._widget = load_witwidget().WitWidget(self.config_builder, height=self.height)
+        return self._widget
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def _in_notebook() -> bool:
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def _store_rows(store: Path, max_examples: int) -> tuple[_Rows, list[str]]:
+    from audit.store.reader import Reader
+
+    run = Reader(store)
+    table = run.predictions.reset_index(drop=True)
+    explained = np.flatnonzero(table["index"].isin(list(run.heatmap_index)).to_numpy())
+    keep = _choose(len(table), explained, max_examples)
+    table = table.iloc[keep].reset_index(drop=True)
+    index = table["index"].to_numpy(np.int64)
+    heatmaps: dict[int, dict[str, float]] = {}
+    for method in run.heatmap_methods:
+        prefix = method.replace("++", "_pp")
+        for r, i in enumerate(index):
+            if run.has_heatmap(int(i)):
+                feats = heatmap_features(run.heatmap(method, int(i)))
+                heatmaps.setdefault(r, {}).update({f"{prefix}_{k}": v for k, v in feats.items()})
+    rows = _Rows(
+        index=index,
+        images=np.stack([run.image(int(i)) for i in index]),
+        labels=table["label"].to_numpy(np.int64),
+        probs=np.stack([table[schema.prob_column(k)].to_numpy(np.float32) for k in range(run.num_classes)], 1),
+        paths=table["path"].tolist() if table["path"].notna().any() else None,
+        annotations=table[run.annotation_columns],
+        heatmaps=heatmaps,
+    )
+    return rows, run.class_names
+
+
+def _data_rows(source: _Source, data, annotations, max_examples: int) -> tuple[_Rows, list[str]]:
+    from audit.io.annotations import load_annotations
+    from audit.io.data import open_dataset, resolve_class_names
+    from audit.runner import stored_shape
+
+    dataset = open_dataset(data)
+    model = source.model
+    class_names = resolve_class_names(dataset, model.num_classes)
+    table = load_annotations(annotations, dataset)[0] if annotations is not None else None
+    chosen = _choose(dataset.count, np.zeros(0, np.int64), max_examples)
+    parts: dict[str, list] = {"index": [], "images": [], "probs": [], "builtin": []}
+    for batch in dataset.batches(model.input_shape, stored_shape(model.input_shape), rescale=source.rescale, indices=chosen):
+        parts["index"].append(batch.index)
+        parts["images"].append(batch.stored)
+        parts["probs"].append(model.predict(batch.x))
+        parts["builtin"].append(batch.builtin)
+    if not parts["index"]:
+        raise AuditError("none of the chosen images could be read", dataset.source)
+    import pandas as pd
+
+    index = np.concatenate(parts["index"])
+    builtin = pd.DataFrame(np.concatenate(parts["builtin"]), columns=list(schema.BUILTIN_ANNOTATIONS))
+    if table is not None:
+        user = table.iloc[index].reset_index(drop=True)
+        builtin = builtin.drop(columns=[c for c in builtin.columns if c in user.columns])  # a user column wins
+        table = pd.concat([user, builtin], axis=1)
+    else:
+        table = builtin
+    rows = _Rows(
+        index=index,
+        images=np.concatenate(parts["images"]),
+        labels=dataset.labels[index],
+        probs=np.concatenate(parts["probs"]),
+        paths=[dataset.paths[i] for i in index] if dataset.paths else None,
+        annotations=table,
+    )
+    return rows, class_names
+
+
+def _model_names(first: str, second: str | None) -> tuple[str, str | None]:
+    # WIT joins model names with commas and tells the two models apart by name.
+    first = first.replace(",", " ") or "model"
+    if second is None:
+        return first, None
+    second = second.replace(",", " ") or "compare"
+    return first, (f"{second} (compare)" if second == first else second)
+
+
+def what_if(
+    store_or_model,
+    data: str | Path | None = None,
+    annotations: str | Path | None = None,
+    compare=None,
+    max_examples: int = 1000,
+    *,
+    rescale: float | None = None,
+    unsafe: bool = False,
+    height: int = 800,
+) -> WhatIf:
+    """Set up the What-If Tool for an audited run, or for a model on a dataset.
+
+    Args:
+        store_or_model: a results store (the model, data, annotations, images,
+            predictions and heatmaps all come from it), or a model (file,
+            SavedModel directory, ``LoadedModel`` or ``keras.Model``) to run
+            on ``data``.
+        data: the dataset, with a model only (class folders, images + labels
+            CSV, or ``.npz``).
+        annotations: an annotations CSV for ``data`` (with a model only).
+        compare: a second model to compare in the tool (model file,
+            ``LoadedModel``, ``keras.Model``, or a results store whose model
+            and rescale are used); it must have the same classes.
+        max_examples: at most this many examples go to the tool; when there
+            are more, explained examples come first and a seeded sample
+            fills the rest.
+        rescale: pixel factor for a model given directly (default 1.0); a
+            store's own recorded value is used for its model.
+        unsafe: allow loading models whose loading runs code (Lambda layers).
+        height: height of the widget in pixels.
+
+    Returns:
+        A :class:`WhatIf`: the configured ``WitConfigBuilder`` and, on demand
+        (at once inside a notebook), the ``WitWidget``.
+
+    Raises:
+        AuditError: the 'wit' extra is missing (the message has the install
+            command), or the inputs are unusable.
+    """
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise AuditError(f"max_examples must be a positive whole number; received {max_examples!r}")
+    if rescale is not None and not (isinstance(rescale, (int, float)) and rescale > 0):
+        raise AuditError(f"rescale must be a positive number; received {rescale!r}")
+    visualization = load_witwidget()
+    notes: list[str] = []
+    if isinstance(store_or_model, (str, Path)) and schema.is_store(store_or_model):
+        if data is not None or annotations is not None:
+            raise AuditError("a results store already names its data and annotations; pass neither with it")
+        if rescale is not None:
+            raise AuditError("a results store records its own rescale; pass rescale only with a model")
+        store = Path(store_or_model)
+        source = _run_model(store, unsafe)
+        rows, class_names = _store_rows(store, max_examples)
+        from audit.store.reader import Reader
+
+        manifest_model = Reader(store).model_info
+        if manifest_model.get("sha256") != source.model.sha256:
+            notes.append(f"the model file {source.model.path} changed since the run; live predictions follow the new file")
+        if tuple(rows.images.shape[1:3]) != tuple(source.model.input_shape[:2]):
+            notes.append(
+                f"stored images are {rows.images.shape[1]}x{rows.images.shape[2]}, smaller than the model's "
+                f"{source.model.input_shape[0]}x{source.model.input_shape[1]} input; live predictions run on them "
+                "enlarged and can differ from the audit's"
+            )
+    else:
+        if data is None:
+            raise AuditError("pass data= with a model (or pass a results store instead of a model)")
+        source = _Source(_loaded_model(store_or_model, unsafe), 1.0 if rescale is None else float(rescale))
+        rows, class_names = _data_rows(source, data, annotations, max_examples)
+
+    other = None
+    if compare is not None:
+        if isinstance(compare, (str, Path)) and schema.is_store(compare):
+            other = _run_model(Path(compare), unsafe)
+            if other.class_names != class_names:
+                raise AuditError(f"the compared run has classes {other.class_names}, not {class_names}", compare)
+        else:
+            other = _Source(_loaded_model(compare, unsafe), source.rescale)
+        if other.model.num_classes != len(class_names):
+            raise AuditError(
+                f"the compared model outputs {other.model.num_classes} classes; the audited one has {len(class_names)}",
+                other.model.path,
+            )
+
+    examples = _examples(rows, class_names)
+    first, second = _model_names(source.model.name, other.model.name if other else None)
+    builder = (
+        visualization.WitConfigBuilder(examples)
+        .set_model_type("classification")
+        .set_multi_class(len(class_names) > 2)
+        .set_label_vocab(list(class_names))
+        .set_target_feature(TARGET_FEATURE)
+        .set_max_classes_to_display(len(class_names))
+        .set_model_name(first)
+        .set_custom_predict_fn(ModelPredictFn(source.model, source.rescale))
+    )
+    if other is not None:
+        builder.set_compare_model_name(second).set_compare_custom_predict_fn(ModelPredictFn(other.model, other.rescale))
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    tool = WhatIf(builder, rows.index, list(class_names), notes, height=height)
+    if _in_notebook():
+        tool.widget  # noqa: B018 - build the widget now so a failure shows in the calling cell
+    return tool

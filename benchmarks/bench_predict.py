@@ -1,0 +1,102 @@
+"""Prediction pass of an audit run vs a bare compiled ``model(x)`` loop, and peak memory.
+
+    python benchmarks/bench_predict.py [--n 2000] [--mem 1000,10000]
+
+Prints images/s of both on the same images (the audit's pass includes PNG
+decoding, resizing, built-in annotations, and writing probabilities, stored
+images and embeddings to disk), their ratio, and the peak resident memory of a
+whole ``keras-audit run`` (predictions only) on 1k vs 10k images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "sample_models" / "shapes_bias.keras"
+
+
+def make_images(root: Path, n: int) -> Path:
+    """n PNGs in 3 class folders, reusing the sample's eval images cyclically."""
+    from PIL import Image
+
+    sources = sorted((REPO / "sample_models" / "shapes_eval").rglob("*.png"))
+    for i in range(n):
+        src = sources[i % len(sources)]
+        d = root / src.parent.name
+        d.mkdir(parents=True, exist_ok=True)
+        target = d / f"{i:06d}.png"
+        if not target.exists():
+            os.link(src, target) if hasattr(os, "link") else Image.open(src).save(target)
+    return root
+
+
+def bare_loop(data: Path, batch: int) -> float:
+    import keras
+    import tensorflow as tf
+    from PIL import Image
+
+    files = sorted(data.rglob("*.png"))
+    x = np.stack([np.asarray(Image.open(f), np.float32) for f in files])  # decoded up front: not timed
+    model = keras.models.load_model(MODEL)
+    fn = tf.function(lambda t: model(t, training=False))
+    fn(x[:batch])
+    start = time.perf_counter()
+    for i in range(0, len(x), batch):
+        fn(x[i : i + batch]).numpy()
+    return len(x) / (time.perf_counter() - start)
+
+
+def audit_pass(data: Path, batch: int) -> float:
+    from audit.runner import AuditOptions, _Run
+
+    with tempfile.TemporaryDirectory() as out:
+        run = _Run(MODEL, data, Path(out) / "o", None, AuditOptions(batch_size=batch, explain=(), tensorboard=False), False, False)
+        start = time.perf_counter()
+        run.predict()
+        return run.dataset.count / (time.perf_counter() - start)
+
+
+def peak_rss_mb(data: Path) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        subprocess.run(
+            [sys.executable, "-m", "audit.cli", "run", str(MODEL), str(data), "--out", f"{out}/o", "--explain", "none",
+             "--bootstrap", "100", "--no-tensorboard", "--quiet"],
+            check=True, capture_output=True,
+        )
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--mem", default="1000,10000", help="image counts for the memory comparison")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_images(Path(tmp) / "speed", args.n)
+        bare = bare_loop(data, args.batch)
+        ours = audit_pass(data, args.batch)
+        print(f"images: {args.n} (64x64x3 PNG), batch {args.batch}")
+        print(f"bare compiled model(x) on decoded arrays: {bare:8.0f} img/s")
+        print(f"audit prediction pass (decode+resize+write): {ours:8.0f} img/s   ratio {ours / bare:.2f}x")
+        # ru_maxrss of children is a running maximum, so measure the small run first.
+        sizes = [int(s) for s in args.mem.split(",")]
+        peaks = [peak_rss_mb(make_images(Path(tmp) / f"mem{n}", n)) for n in sizes]
+        for n, peak in zip(sizes, peaks):
+            print(f"peak RSS, keras-audit run on {n:>6} images: {peak:7.0f} MB")
+        print(f"peak memory ratio {sizes[-1]} vs {sizes[0]} images: {peaks[-1] / peaks[0]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Datasets and annotations: every layout, streaming, and every refusal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.errors import DataError
+from audit.io.annotations import load_annotations
+from audit.io.data import open_dataset, resolve_class_names
+from conftest import CLASSES, SIZE, brightness_images, write_folder_dataset
+
+
+def _all(ds, shape=(SIZE, SIZE, 3), **kw):
+    batches = list(ds.batches(shape, shape[:2], batch_size=7, **kw))
+    return (
+        np.concatenate([b.index for b in batches]),
+        np.concatenate([b.x for b in batches]),
+        np.concatenate([b.stored for b in batches]),
+        np.concatenate([b.builtin for b in batches]),
+    )
+
+
+def test_class_folders_stream_exact_pixels(tiny):
+    ds = open_dataset(tiny["data"])
+    assert ds.kind == "folders" and ds.class_names == list(CLASSES) and ds.count == 30
+    # Listing order: sorted class folders, then sorted files.
+    order = sorted(range(30), key=lambda i: (tiny["labels"][i], i))
+    assert ds.paths == [tiny["paths"][i] for i in order]
+    index, x, stored, builtin = _all(ds, rescale=0.5)
+    assert index.tolist() == list(range(30))
+    np.testing.assert_array_equal(stored, tiny["x"][order])
+    np.testing.assert_allclose(x, tiny["x"][order] * 0.5)
+    grey = tiny["x"][order].astype(np.float64) @ np.array([0.2989, 0.587, 0.114])
+    np.testing.assert_allclose(builtin[:, 0], 1.0)  # aspect ratio w/h
+    np.testing.assert_allclose(builtin[:, 1], SIZE)  # sqrt(h*w)
+    np.testing.assert_allclose(builtin[:, 2], grey.mean(axis=(1, 2)) / 255, atol=2e-3)
+
+
+def test_labels_csv_with_names_and_indices(tmp_path):
+    x, labels = brightness_images(6)
+    write_folder_dataset(tmp_path / "imgs", x, labels)
+    rows = [f"{CLASSES[k]}/{i:03d}.png" for i, k in enumerate(labels)]
+    pd.DataFrame({"path": rows, "label": [CLASSES[k] for k in labels]}).to_csv(tmp_path / "imgs" / "labels.csv", index=False)
+    ds = open_dataset(tmp_path / "imgs")
+    assert ds.kind == "csv" and ds.class_names == sorted(CLASSES) and ds.paths == rows
+    assert [ds.class_names[k] for k in ds.labels] == [CLASSES[k] for k in labels]
+    pd.DataFrame({"path": ["./imgs/" + r for r in rows], "label": labels}).to_csv(tmp_path / "idx.csv", index=False)
+    ds = open_dataset(tmp_path / "idx.csv")
+    assert ds.class_names is None and ds.labels.tolist() == labels.tolist() and ds.paths == [f"imgs/{r}" for r in rows]
+    assert resolve_class_names(ds, 3) == ["class_0", "class_1", "class_2"]
+
+
+def test_npz_streams_in_order_and_resizes(tmp_path):
+    x, labels = brightness_images(20)
+    np.savez_compressed(tmp_path / "d.npz", x=x, y=labels, class_names=np.array(CLASSES))
+    ds = open_dataset(tmp_path / "d.npz")
+    assert ds.kind == "npz" and ds.class_names == list(CLASSES) and ds.count == 20
+    index, xs, stored, _ = _all(ds)
+    np.testing.assert_array_equal(index, np.arange(20))
+    np.testing.assert_array_equal(stored, x)
+    # A subset, and a resize to a non-square model input with one channel.
+    sub = list(ds.batches((8, 12, 1), (8, 12), batch_size=4, indices=np.array([3, 7, 19])))
+    assert np.concatenate([b.index for b in sub]).tolist() == [3, 7, 19]
+    assert sub[0].x.shape[1:] == (8, 12, 1) and sub[0].stored.shape[1:] == (8, 12, 3)
+
+
+def test_grayscale_and_rgba_images_are_converted(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Image.fromarray(np.full((10, 20), 100, np.uint8)).save(tmp_path / "a" / "grey.png")
+    Image.fromarray(np.full((20, 10, 4), 200, np.uint8)).save(tmp_path / "b" / "rgba.png")
+    ds = open_dataset(tmp_path)
+    batch = next(ds.batches((SIZE, SIZE, 3), (SIZE, SIZE), batch_size=4))
+    assert batch.channels.tolist() == [1, 4]
+    np.testing.assert_allclose(batch.x[0], 100, atol=1e-3)
+    np.testing.assert_allclose(batch.x[1], 200, atol=1e-3)
+    np.testing.assert_allclose(batch.builtin[:, 0], [2.0, 0.5])  # aspect ratio of the original
+
+
+def test_corrupt_images_are_skipped_and_listed(tmp_path):
+    x, labels = brightness_images(9)
+    write_folder_dataset(tmp_path, x, labels)
+    bad = sorted((tmp_path / CLASSES[1]).iterdir())[0]
+    bad.write_bytes(b"not an image")
+    ds = open_dataset(tmp_path)
+    index, *_ = _all(ds)
+    bad_index = ds.paths.index(bad.relative_to(tmp_path).as_posix())
+    assert bad_index not in index and len(index) == 8
+    assert ds.skipped == [{"index": bad_index, "path": ds.paths[bad_index], "reason": "unreadable image"}]
+
+
+def test_annotations_by_path_keep_numbers_and_count_gaps(tiny, tmp_path):
+    ds = open_dataset(tiny["data"])
+    table = pd.read_csv(tiny["annotations"])
+    table = pd.concat([table.iloc[2:], pd.DataFrame({"path": ["nowhere.png"], "site": ["z"], "score": [0.0]})])
+    table.to_csv(tmp_path / "a.csv", index=False)
+    aligned, report = load_annotations(tmp_path / "a.csv", ds)
+    assert report["missing_rows"] == 2 and report["extra_rows"] == 1 and report["columns"] == ["site", "score"]
+    assert pd.api.types.is_numeric_dtype(aligned["score"])
+    expected = dict(zip(table["path"], table["score"]))
+    for i, p in enumerate(ds.paths):
+        got = aligned["score"].iloc[i]
+        assert (np.isnan(got) and p not in expected) or got == expected[p]
+
+
+def test_annotations_for_npz_by_index_or_row_order(tmp_path):
+    x, labels = brightness_images(5)
+    np.savez(tmp_path / "d.npz", x=x, y=labels)
+    ds = open_dataset(tmp_path / "d.npz")
+    pd.DataFrame({"index": [4, 0], "g": ["p", "q"]}).to_csv(tmp_path / "a.csv", index=False)
+    aligned, report = load_annotations(tmp_path / "a.csv", ds)
+    assert aligned["g"].tolist()[0] == "q" and aligned["g"].tolist()[4] == "p" and report["missing_rows"] == 3
+    pd.DataFrame({"g": list("abcde")}).to_csv(tmp_path / "b.csv", index=False)
+    assert load_annotations(tmp_path / "b.csv", ds)[0]["g"].tolist() == list("abcde")
+
+
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        (lambda p: p / "missing", "does not exist"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "empty"),
+        (lambda p: ((p / "noimg" / "a").mkdir(parents=True), (p / "noimg" / "a" / "x.txt").write_text("x"), p / "noimg")[2], "no images found"),
+        (lambda p: ((p / "l.csv").write_text("file,label\na.png,0\n"), p / "l.csv")[1], "missing \\['path'\\]"),
+        (lambda p: ((p / "d.txt").write_text("x"), p / "d.txt")[1], "must be an .npz"),
+        (lambda p: ((p / "d.npz").write_bytes(b"garbage"), p / "d.npz")[1], "truncated or corrupt"),
+        (lambda p: (np.savez(p / "d.npz", x=np.zeros((3, 4, 4, 3))), p / "d.npz")[1], "'y' is missing"),
+        (lambda p: (np.savez(p / "d.npz", x=np.zeros((3, 4, 4, 3)), y=np.zeros(2, int)), p / "d.npz")[1], "must be"),
+    ],
+)
+def test_bad_data(tmp_path, setup, message):
+    path = setup(tmp_path)
+    with pytest.raises(DataError, match=message) as err:
+        open_dataset(path)
+    assert str(path) in str(err.value)
+
+
+def test_class_count_must_match_model(tiny):
+    ds = open_dataset(tiny["data"])
+    with pytest.raises(DataError, match="data has 3 classes .* but the model outputs 4"):
+        resolve_class_names(ds, 4)
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("file,site\nx.png,a\n", "needs a 'path' column"),
+        ("path,site\nunknown/x.png,a\n", "no annotation row matches"),
+        ("path,label\nc0_dark/000.png,a\n", "clash with reserved"),
+    ],
+)
+def test_bad_annotations(tiny, tmp_path, content, message):
+    (tmp_path / "a.csv").write_text(content)
+    with pytest.raises(DataError, match=message) as err:
+        load_annotations(tmp_path / "a.csv", open_dataset(tiny["data"]))
+    assert str(tmp_path / "a.csv") in str(err.value)

@@ -1,0 +1,76 @@
+"""The bundled samples: rebuildable from the seeded script, and the demo reveals the planted bias."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from audit.store.reader import Reader
+from conftest import REPO, SAMPLES
+
+EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
+
+
+def test_rebuild_reproduces_recorded_accuracy(tmp_path):
+    subprocess.run([sys.executable, str(SAMPLES / "build.py"), "--out", str(tmp_path)], check=True, capture_output=True,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    rebuilt = json.loads((tmp_path / "expected.json").read_text())
+    for model in ("shapes_bias", "digits"):
+        for key, value in EXPECTED[model].items():
+            assert rebuilt[model][key] == pytest.approx(value, abs=0.01), (model, key)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """`keras-audit demo` exactly as the README runs it."""
+    out = tmp_path_factory.mktemp("demo") / "audit_demo"
+    done = subprocess.run(["keras-audit", "demo", "--out", str(out)], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done.stdout
+
+
+def test_demo_summary_names_the_planted_bias_first(demo):
+    out, stdout = demo
+    assert "accuracy 0.830" in stdout.replace("\n", " ")
+    table = stdout.split("Worst flagged slices", 1)[1]
+    first_row = next(line for line in table.splitlines() if "=" in line)
+    assert "cue_agrees = no" in first_row
+    assert f"keras-audit app {out}" in stdout and "tensorboard --logdir" in stdout
+
+
+def test_demo_metrics_match_the_recorded_figures(demo):
+    run = Reader(demo[0])
+    m = run.metrics
+    assert m["accuracy"] == pytest.approx(EXPECTED["shapes_bias"]["accuracy"], abs=1e-9)
+    p = run.predictions
+    agrees = p["cue_agrees"] == "yes"
+    assert p.loc[~agrees, "correct"].mean() == pytest.approx(EXPECTED["shapes_bias"]["accuracy_cue_disagrees"], abs=1e-9)
+
+
+def test_gradcam_looks_at_the_cue_when_the_cue_decides(demo):
+    from audit.explain.quality import region_mass
+
+    run = Reader(demo[0])
+    p = run.predictions.set_index("index")
+    circle = run.class_names.index("circle")
+    explained = np.array(sorted(run.heatmap_index))
+    rows = p.loc[explained]
+    # Fooled by the tag: not a circle, tag present, predicted circle.
+    fooled = explained[((rows["cue"] == "present") & (rows["label"] != circle) & (rows["pred"] == circle)).to_numpy()]
+    no_cue = explained[(rows["cue"] == "absent").to_numpy()]
+    assert len(fooled) >= 10 and len(no_cue) >= 10
+    mask = np.zeros(run.heatmap(run.heatmap_methods[0], int(explained[0])).shape, bool)
+    mask[0:14, 0:14] = True  # the tag (rows/cols 2..11) plus a margin for the resize of the map
+    mass = {
+        name: region_mass(np.stack([run.heatmap("gradcam", int(i)) for i in ids]), mask)
+        for name, ids in (("fooled", fooled), ("no_cue", no_cue))
+    }
+    area = mask.mean()
+    assert np.median(mass["fooled"]) > 4 * area, mass
+    assert np.median(mass["fooled"]) > 2 * np.median(mass["no_cue"])
