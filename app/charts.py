@@ -30,7 +30,7 @@ def confusion_matrix(cells: pd.DataFrame) -> alt.LayerChart:
         text="count:Q",
         color=alt.condition(alt.datum.share > 0.5, alt.value("white"), alt.value("black")),
     )
-    return alt.layer(rect, text).properties(height=max(160, 48 * cells["true"].nunique()))
+    return alt.layer(rect, text).properties(height=alt.Step(44))
 
 
 def slice_accuracy(rows: pd.DataFrame, overall: float) -> alt.LayerChart:
@@ -55,10 +55,12 @@ def slice_accuracy(rows: pd.DataFrame, overall: float) -> alt.LayerChart:
     ).add_params(pick)
     errors = alt.Chart(data).mark_rule(strokeWidth=2, color="black").encode(
         x=x, y="accuracy_ci_lo:Q", y2="accuracy_ci_hi:Q")
-    sizes = alt.Chart(data).mark_text(dy=-8, fontSize=11, color="#444").encode(
-        x=x, y="accuracy_ci_hi:Q", text=alt.Text("n:Q", format="d"))
+    # Sizes sit at the foot of each bar, clear of the interval whiskers at the top.
+    sizes = alt.Chart(data.assign(foot=0.0)).mark_text(dy=-8, fontSize=11, color="white", fontWeight="bold").encode(
+        x=x, y="foot:Q", text=alt.Text("n:Q", format="d"))
     rule = alt.Chart(pd.DataFrame({"overall": [overall]})).mark_rule(strokeDash=[5, 4], color="#555").encode(y="overall:Q")
-    return alt.layer(bars, errors, sizes, rule).properties(height=320)
+    # The height holds the axis labels and the legend too (Streamlit fits the whole chart).
+    return alt.layer(bars, errors, sizes, rule).properties(height=460)
 
 
 def _status(row) -> str:
@@ -84,7 +86,7 @@ def gap_forest(rows: pd.DataFrame) -> alt.LayerChart:
         x="gap_ci_lo:Q", x2="gap_ci_hi:Q", y=y,
         color=alt.Color("side:N", scale=alt.Scale(domain=["worse", "better"], range=[WORSE, BETTER]), legend=None))
     zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(color="#555").encode(x="x:Q")
-    return alt.layer(bars, points, zero).properties(height=max(120, 24 * len(data)))
+    return alt.layer(bars, points, zero).properties(height=alt.Step(24))
 
 
 def probabilities(frame: pd.DataFrame) -> alt.Chart:
@@ -96,7 +98,7 @@ def probabilities(frame: pd.DataFrame) -> alt.Chart:
         y=alt.Y("class:N", sort=None, title=None),
         color=alt.Color("role:N", scale=colours, title=None, legend=alt.Legend(orient="bottom")),
         tooltip=["class", alt.Tooltip("probability:Q", format=".2%")],
-    ).properties(height=max(100, 26 * len(frame)))
+    ).properties(height=alt.Step(26))
 
 
 def curve(lines: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, point: pd.DataFrame | None,
@@ -120,29 +122,29 @@ def curve(lines: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, point
         layers.append(alt.Chart(point).mark_point(filled=True, size=140, color="black").encode(
             x=f"{x}:Q", y=f"{y}:Q", tooltip=[alt.Tooltip("threshold:Q", format=".3f"),
                                              alt.Tooltip(f"{x}:Q", format=".3f"), alt.Tooltip(f"{y}:Q", format=".3f")]))
-    return alt.layer(*layers).properties(height=330)
+    return alt.layer(*layers).properties(height=360)
 
 
 def reliability(bins: pd.DataFrame) -> alt.LayerChart:
     """Bins ``lo, hi, centre, accuracy, confidence, count``: accuracy per confidence bin vs the diagonal."""
-    filled = bins.dropna(subset=["accuracy"])
+    filled = bins.dropna(subset=["accuracy"]).assign(zero=0.0)
     diagonal = alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line(strokeDash=[4, 4], color="#999").encode(
         x=alt.X("x:Q", title="confidence", scale=alt.Scale(domain=[0, 1])),
         y=alt.Y("y:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])))
-    bars = alt.Chart(filled).mark_bar(opacity=0.75, color=NEUTRAL).encode(
-        x="lo:Q", x2="hi:Q", y="accuracy:Q",
+    bars = alt.Chart(filled).mark_bar(opacity=0.75, color=NEUTRAL, stroke="white").encode(
+        x="lo:Q", x2="hi:Q", y="accuracy:Q", y2="zero:Q",
         tooltip=[alt.Tooltip("lo:Q", format=".2f"), alt.Tooltip("hi:Q", format=".2f"), "count:Q",
                  alt.Tooltip("accuracy:Q", format=".1%"), alt.Tooltip("confidence:Q", format=".1%")])
     gaps = alt.Chart(filled).mark_rule(color=WORSE, strokeWidth=2).encode(x="centre:Q", y="accuracy:Q", y2="confidence:Q")
     means = alt.Chart(filled).mark_point(color=WORSE, filled=True, shape="diamond", size=60).encode(
         x="confidence:Q", y="confidence:Q")
-    return alt.layer(diagonal, bars, gaps, means).properties(height=360)
+    return alt.layer(diagonal, bars, gaps, means).properties(height=420)
 
 
 def confidence_histogram(bins: pd.DataFrame) -> alt.Chart:
-    return alt.Chart(bins).mark_bar(color="#888").encode(
+    return alt.Chart(bins.assign(zero=0)).mark_bar(color="#888", stroke="white").encode(
         x=alt.X("lo:Q", title="confidence", scale=alt.Scale(domain=[0, 1])), x2="hi:Q",
-        y=alt.Y("count:Q", title="examples"), tooltip=["count:Q"]).properties(height=140)
+        y=alt.Y("count:Q", title="examples"), y2="zero:Q", tooltip=["count:Q"]).properties(height=200)
 
 
 def channel_stats(stats: pd.DataFrame) -> alt.LayerChart:
@@ -154,7 +156,7 @@ def channel_stats(stats: pd.DataFrame) -> alt.LayerChart:
                                                            alt.Tooltip("frac_zero:Q", format=".0%")])]
     if "dataset_mean" in stats:
         layers.append(base.mark_tick(color=WORSE, thickness=2, size=14).encode(y="dataset_mean:Q"))
-    return alt.layer(*layers).properties(height=200)
+    return alt.layer(*layers).properties(height=260)
 
 
 def slice_difference(rows: pd.DataFrame) -> alt.LayerChart:
@@ -172,4 +174,4 @@ def slice_difference(rows: pd.DataFrame) -> alt.LayerChart:
                  alt.Tooltip("hi:Q", format="+.1%")])
     bars = alt.Chart(data).mark_rule(strokeWidth=2).encode(x="lo:Q", x2="hi:Q", y=y, color=side)
     zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(color="#555").encode(x="x:Q")
-    return alt.layer(bars, points, zero).properties(height=max(120, 24 * len(data)))
+    return alt.layer(bars, points, zero).properties(height=alt.Step(24))

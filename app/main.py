@@ -63,7 +63,7 @@ def pick_from_disk() -> list[str]:
 
 
 def refuse(path: str, error: StoreError, *, which: str) -> None:
-    st.error(f"**Cannot open {which} `{path}`.**\n\n{error}", icon="🚫")
+    st.error(f"**Cannot open {which} `{path}`.**\n\n{error}", icon=":material/block:")
 
 
 def sidebar_summary(run: store_cache.RunRef, title: str) -> None:
@@ -80,7 +80,7 @@ def sidebar_summary(run: store_cache.RunRef, title: str) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="keras-audit", page_icon="🔍", layout="wide")
+    st.set_page_config(page_title="keras-audit", page_icon=":material/search:", layout="wide")
     links.keep_widget_state()
     paths = stores_from_argv(sys.argv) or pick_from_disk()
     if len(paths) > 2:
@@ -99,15 +99,15 @@ def main() -> None:
     if len(runs) > 1:
         sidebar_summary(runs[1], "B")
     pages = [
-        st.Page(links.OVERVIEW, title="Overview", icon="📋", default=True),
-        st.Page(links.GALLERY, title="Gallery", icon="🖼️"),
-        st.Page(links.EXAMPLE, title="Example detail", icon="🔎"),
-        st.Page(links.SLICES, title="Slices", icon="🍰"),
-        st.Page(links.CURVES, title="Curves & thresholds", icon="📈"),
-        st.Page(links.CALIBRATION, title="Calibration", icon="🎯"),
+        st.Page(links.OVERVIEW, title="Overview", icon=":material/dashboard:", default=True),
+        st.Page(links.GALLERY, title="Gallery", icon=":material/photo_library:"),
+        st.Page(links.EXAMPLE, title="Example detail", icon=":material/image_search:"),
+        st.Page(links.SLICES, title="Slices", icon=":material/pie_chart:"),
+        st.Page(links.CURVES, title="Curves & thresholds", icon=":material/show_chart:"),
+        st.Page(links.CALIBRATION, title="Calibration", icon=":material/target:"),
     ]
     if len(runs) > 1:
-        pages.append(st.Page(links.COMPARE, title="Compare A and B", icon="⚖️"))
+        pages.append(st.Page(links.COMPARE, title="Compare A and B", icon=":material/compare:"))
     st.navigation(pages).run()
 
 

@@ -28,14 +28,16 @@ __all__ = [
     "SCHEMA_VERSION",
     "run_audit",
     "load_model",
+    "what_if",
     "__version__",
 ]
 
-_LAZY = {"run_audit": "audit.runner", "load_model": "audit.io.models"}
+_LAZY = {"run_audit": "audit.runner", "load_model": "audit.io.models", "what_if": "audit.wit"}
 
 if TYPE_CHECKING:  # pragma: no cover
     from audit.io.models import load_model
     from audit.runner import run_audit
+    from audit.wit import what_if
 
 
 def __getattr__(name: str):

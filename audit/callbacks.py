@@ -115,7 +115,8 @@ class ValidationData:
         if isinstance(data, (tuple, list)):
             if len(data) not in (2, 3):
                 raise AuditError(
-                    f"validation_data must be (x, y) or (x, y, sample_weight). Received: a sequence of {len(data)} items"
+                    "validation_data must be (x, y) or (x, y, sample_weight). "
+                    f"Received: a sequence of {len(data)} items"
                 )
             x, y = np.asarray(data[0]), np.asarray(data[1])
             if len(x) != len(y):
@@ -317,7 +318,9 @@ class AuditCallback(keras.callbacks.Callback):
         if self._state is not None:
             return self._state
         if keras.backend.backend() != "tensorflow":
-            raise AuditError(f"AuditCallback needs Keras' TensorFlow backend; this Keras runs {keras.backend.backend()}")
+            raise AuditError(
+                f"AuditCallback needs Keras' TensorFlow backend; this Keras runs {keras.backend.backend()}"
+            )
         if self.model is None:
             raise AuditError("AuditCallback has no model; pass it to model.fit(callbacks=[...]) first")
         from audit.explain import EXPLAINERS, Activations, as_model

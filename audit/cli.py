@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="audit_demo", help="results store directory (default: audit_demo)")
     p.add_argument("--resume", action="store_true")
     _add_run_options(p)
-    p.set_defaults(func=cmd_demo, explain_limit=200)
+    p.set_defaults(func=cmd_demo, explain_limit=120)
 
     p = sub.add_parser("report", help="write a Markdown or self-contained HTML report of a run")
     p.add_argument("store")

@@ -211,10 +211,15 @@ class _Run:
                 start = nxt
         skipped += self.dataset.skipped  # unreadable files after the last batch
         w.save_state(predict_next=n, skipped=skipped, converted=converted)
+
+    def check_readable(self) -> None:
+        """Fail if nothing was readable; otherwise say what was skipped or converted."""
+        n, state = self.dataset.count, self.writer.state
+        skipped, converted = state.get("skipped", []), state.get("converted", 0)
         if len(skipped) == n:
             raise DataError(f"none of the {n} images could be read", self.dataset.source)
         if converted:
-            kind = "grayscale" if want_channels == 1 else "RGB"
+            kind = "grayscale" if self.model.input_shape[-1] == 1 else "RGB"
             self.options.notes.append(f"converted {converted} image(s) to {kind} to match the model's input")
         if skipped:
             self.options.notes.append(f"skipped {len(skipped)} unreadable image(s); listed in manifest.json")
@@ -277,7 +282,7 @@ class _Run:
             else:
                 explainers[m] = EXPLAINERS[m](self.model, layer=layer)
         maps_out = {m: w.array(schema.heatmap_file(m), (k, *self.shape), np.float16) for m in methods}
-        scores = {m: w.array(f"{schema.WORK_DIR}/quality_{m.replace('+', '_p')}.npy", (k, 2), np.float32) for m in methods}
+        scores = {m: w.array(f"{schema.WORK_DIR}/quality_{schema.file_stem(m)}.npy", (k, 2), np.float32) for m in methods}
         acts = Activations(self.model) if want_acts else None
         act_layers = list(w.state.get("activation_layers", []))
         done = int(w.state.get("explain_done", 0))
@@ -320,7 +325,7 @@ class _Run:
             w.save_state(activation_stats=True)
         quality_summary = {}
         for m in methods:
-            q = np.asarray(w.work_array(f"quality_{m.replace('+', '_p')}.npy"))
+            q = np.asarray(w.work_array(f"quality_{schema.file_stem(m)}.npy"))
             quality_summary[m] = {
                 "deletion_auc": float(np.mean(q[:, 0])),
                 "insertion_auc": float(np.mean(q[:, 1])),
@@ -379,8 +384,9 @@ def run_audit(
     """
     options = options or AuditOptions()
     run = _Run(model, data, out, annotations, options, resume, progress)
-    if run.writer.state.get("predict_next", 0) < run.dataset.count or not run.writer.state:
+    if run.writer.state.get("predict_next", 0) < run.dataset.count:
         run.predict()
+    run.check_readable()
     predictions = run.predictions()
     quality = run.explain(predictions)
     run.finish(predictions, quality)

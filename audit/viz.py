@@ -78,7 +78,9 @@ def colorize(heatmap, cmap: str = "jet") -> np.ndarray:
     try:
         colours = colormaps[cmap]
     except KeyError:
-        raise AuditError(f"unknown colormap {cmap!r}; use a matplotlib colormap name such as 'jet' or 'viridis'") from None
+        raise AuditError(
+            f"unknown colormap {cmap!r}; use a matplotlib colormap name such as 'jet' or 'viridis'"
+        ) from None
     return np.round(colours(m)[..., :3] * 255).astype(np.uint8)
 
 

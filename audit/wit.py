@@ -25,8 +25,8 @@ this module applies the fixes it needs, to witwidget only:
   in protobuf 5, is translated for witwidget's inference module;
 * its thumbnail sprite, built one image at a time in a TF1-style graph loop
   whose cost grows with the square of the number of examples (about 10 s for
-  540 examples on a laptop core, redone after every datapoint edit), is drawn
-  with numpy and PIL instead, in the same layout;
+  540 examples here, redone after every datapoint edit), is drawn with numpy
+  and PIL instead, in the same layout;
 * with IPython 9, the ``IPython.core.display.display`` name it imports is
   lent for the duration of the import.
 
@@ -34,9 +34,9 @@ this module applies the fixes it needs, to witwidget only:
 
 Example:
     >>> from audit.wit import what_if
-    >>> tool = what_if("audit_out")          # doctest: +SKIP
-    >>> tool                                 # doctest: +SKIP  (in a notebook: shows the What-If Tool)
-    >>> tool.config_builder.build()["label_vocab"]  # doctest: +SKIP
+    >>> tool = what_if("audit_out")                    # doctest: +SKIP
+    >>> tool  # in a notebook, shows the What-If Tool    # doctest: +SKIP
+    >>> tool.config_builder.build()["label_vocab"]     # doctest: +SKIP
     ['circle', 'square', 'triangle']
 """
 
@@ -76,7 +76,9 @@ _PROTO_FAILURE = "Descriptors cannot be created directly"
 
 
 def _missing_extra(what: str) -> AuditError:
-    return AuditError(f"the What-If Tool bridge needs the optional 'wit' extra ({what}); install it with: {INSTALL_HINT}")
+    return AuditError(
+        f"the What-If Tool bridge needs the optional 'wit' extra ({what}); install it with: {INSTALL_HINT}"
+    )
 
 
 class _DescriptorPoolLoader(importlib.abc.Loader):
@@ -88,7 +90,8 @@ class _DescriptorPoolLoader(importlib.abc.Loader):
     register the files it depends on), the serialized file joins the default
     pool, and protobuf's builder makes the descriptors and message classes
     under the names the old module defined. Top-level functions (gRPC stub
-    helpers) are kept.
+    helpers) are kept. A module without that call is current protoc output
+    and runs as it is.
     """
 
     def __init__(self, origin: str):
@@ -101,8 +104,13 @@ class _DescriptorPoolLoader(importlib.abc.Loader):
         from google.protobuf import descriptor_pool
         from google.protobuf.internal import builder
 
-        tree = ast.parse(Path(self.origin).read_text(encoding="utf-8"), self.origin)
-        file_name, serialized = _serialized_file(tree, self.origin)
+        source = Path(self.origin).read_text(encoding="utf-8")
+        tree = ast.parse(source, self.origin)
+        found = _serialized_file(tree)
+        if found is None:
+            exec(compile(source, self.origin, "exec"), module.__dict__)
+            return
+        file_name, serialized = found
         imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         helpers = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
         namespace = module.__dict__
@@ -119,7 +127,7 @@ class _DescriptorPoolLoader(importlib.abc.Loader):
         exec(compile(ast.Module(body=helpers, type_ignores=[]), self.origin, "exec"), namespace)
 
 
-def _serialized_file(tree: ast.Module, origin: str) -> tuple[str, bytes]:
+def _serialized_file(tree: ast.Module) -> tuple[str, bytes] | None:
     """(file name, serialized FileDescriptorProto) from ``DESCRIPTOR = _descriptor.FileDescriptor(...)``."""
     for node in tree.body:
         call = node.value if isinstance(node, ast.Assign) else None
@@ -133,7 +141,7 @@ def _serialized_file(tree: ast.Module, origin: str) -> tuple[str, bytes]:
                 value = value.args[0]
             data = ast.literal_eval(value)
             return ast.literal_eval(args["name"]), data.encode("latin-1") if isinstance(data, str) else data
-    raise ImportError(f"{origin} has no FileDescriptor(serialized_pb=...) to rebuild it from")
+    return None
 
 
 class _VendoredProtoFinder(importlib.abc.MetaPathFinder):
@@ -290,8 +298,8 @@ def heatmap_features(heatmap: np.ndarray) -> dict[str, float]:
     return {
         "centre_mass": centre / total,
         "border_mass": 1.0 - inner / total,
-        "peak_x": (x + 0.5) / w,
-        "peak_y": (y + 0.5) / h,
+        "peak_x": (int(x) + 0.5) / w,
+        "peak_y": (int(y) + 0.5) / h,
     }
 
 
@@ -308,9 +316,8 @@ class _Rows:
     heatmaps: dict[int, dict[str, float]] = field(default_factory=dict)  # row -> features
 
 
-def _feature(value):
+def _feature(tf, value):
     import pandas as pd
-    import tensorflow as tf
 
     if value is None or (np.ndim(value) == 0 and pd.isna(value)):
         return None
@@ -358,7 +365,7 @@ def _examples(rows: _Rows, class_names: list[str]) -> list:
         values.update({f"audit_prob_{c}": float(rows.probs[r, k]) for k, c in enumerate(class_names)})
         values.update(rows.heatmaps.get(r, {}))
         values.update({ann_names[c]: ann_values[c][r] for c in ann_columns})
-        features = {name: f for name, v in values.items() if (f := _feature(v)) is not None}
+        features = {name: f for name, v in values.items() if (f := _feature(tf, v)) is not None}
         out.append(tf.train.Example(features=tf.train.Features(feature=features)))
     return out
 
@@ -391,15 +398,19 @@ class ModelPredictFn:
         self.rescale = float(rescale)
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
-        import tensorflow as tf
-
         h, w, channels = self.model.input_shape
-        x = tf.constant(image, tf.float32)
-        if tuple(image.shape[:2]) != (h, w):
-            x = tf.image.resize(x, (h, w), antialias=True)
-        if channels == 1:
-            x = tf.image.rgb_to_grayscale(x)
-        return x.numpy() * np.float32(self.rescale)
+        x = image.astype(np.float32)
+        if tuple(image.shape[:2]) != (h, w) or channels == 1:
+            import tensorflow as tf
+
+            # The same ops as the audit's input pipeline (audit.io.data), so the numbers agree.
+            x = tf.constant(x)
+            if tuple(image.shape[:2]) != (h, w):
+                x = tf.image.resize(x, (h, w), antialias=True)
+            if channels == 1:
+                x = tf.image.rgb_to_grayscale(x)
+            x = x.numpy()
+        return x * np.float32(self.rescale)
 
     def __call__(self, examples) -> list[list[float]]:
         from PIL import Image
@@ -430,7 +441,7 @@ def _loaded_model(model, unsafe: bool):
     if isinstance(model, keras.Model):
         # A saved copy goes through the same checks (input shape, output head) as a model file.
         with tempfile.TemporaryDirectory() as tmp:
-            file = Path(tmp) / f"{model.name}.keras"
+            file = Path(tmp) / "model.keras"  # the model's own name travels inside the file
             model.save(file)
             return load_model(file, unsafe=unsafe)
     raise AuditError(
@@ -447,14 +458,12 @@ class _Source:
     class_names: list[str] | None = None  # known when it comes from a store
 
 
-def _run_model(store: Path, unsafe: bool) -> _Source:
-    from audit.store.reader import Reader
-
-    run = Reader(store)
+def _run_model(run, unsafe: bool) -> _Source:
+    """The model of a run (a Reader), with the rescale factor the run used."""
     path = Path(run.model_info["path"])
     if not path.exists():
         raise StoreError(
-            f"the run's model {path} no longer exists; open the model directly: what_if(MODEL, data=DATA)", store
+            f"the run's model {path} no longer exists; open the model directly: what_if(MODEL, data=DATA)", run.path
         )
     model = _loaded_model(path, unsafe)
     return _Source(model, float(run.options.get("rescale", 1.0)), run.class_names)
@@ -508,10 +517,7 @@ def _in_notebook() -> bool:
     return shell is not None and hasattr(shell, "kernel")
 
 
-def _store_rows(store: Path, max_examples: int) -> tuple[_Rows, list[str]]:
-    from audit.store.reader import Reader
-
-    run = Reader(store)
+def _store_rows(run, max_examples: int) -> tuple[_Rows, list[str]]:
     table = run.predictions.reset_index(drop=True)
     explained = np.flatnonzero(table["index"].isin(list(run.heatmap_index)).to_numpy())
     keep = _choose(len(table), explained, max_examples)
@@ -539,6 +545,8 @@ def _store_rows(store: Path, max_examples: int) -> tuple[_Rows, list[str]]:
 def _data_rows(source: _Source, data, annotations, max_examples: int) -> tuple[_Rows, list[str]]:
     from audit.io.annotations import load_annotations
     from audit.io.data import open_dataset, resolve_class_names
+    import pandas as pd
+
     from audit.runner import stored_shape
 
     dataset = open_dataset(data)
@@ -547,15 +555,14 @@ def _data_rows(source: _Source, data, annotations, max_examples: int) -> tuple[_
     table = load_annotations(annotations, dataset)[0] if annotations is not None else None
     chosen = _choose(dataset.count, np.zeros(0, np.int64), max_examples)
     parts: dict[str, list] = {"index": [], "images": [], "probs": [], "builtin": []}
-    for batch in dataset.batches(model.input_shape, stored_shape(model.input_shape), rescale=source.rescale, indices=chosen):
+    shape = stored_shape(model.input_shape)
+    for batch in dataset.batches(model.input_shape, shape, rescale=source.rescale, indices=chosen):
         parts["index"].append(batch.index)
         parts["images"].append(batch.stored)
         parts["probs"].append(model.predict(batch.x))
         parts["builtin"].append(batch.builtin)
     if not parts["index"]:
         raise AuditError("none of the chosen images could be read", dataset.source)
-    import pandas as pd
-
     index = np.concatenate(parts["index"])
     builtin = pd.DataFrame(np.concatenate(parts["builtin"]), columns=list(schema.BUILTIN_ANNOTATIONS))
     if table is not None:
@@ -629,45 +636,52 @@ def what_if(
     if rescale is not None and not (isinstance(rescale, (int, float)) and rescale > 0):
         raise AuditError(f"rescale must be a positive number; received {rescale!r}")
     visualization = load_witwidget()
+    from audit.store.reader import Reader
+
     notes: list[str] = []
+    run = None
     if isinstance(store_or_model, (str, Path)) and schema.is_store(store_or_model):
         if data is not None or annotations is not None:
             raise AuditError("a results store already names its data and annotations; pass neither with it")
         if rescale is not None:
             raise AuditError("a results store records its own rescale; pass rescale only with a model")
-        store = Path(store_or_model)
-        source = _run_model(store, unsafe)
-        rows, class_names = _store_rows(store, max_examples)
-        from audit.store.reader import Reader
-
-        manifest_model = Reader(store).model_info
-        if manifest_model.get("sha256") != source.model.sha256:
-            notes.append(f"the model file {source.model.path} changed since the run; live predictions follow the new file")
-        if tuple(rows.images.shape[1:3]) != tuple(source.model.input_shape[:2]):
+        run = Reader(store_or_model)
+        source = _run_model(run, unsafe)
+        if run.model_info.get("sha256") != source.model.sha256:
             notes.append(
-                f"stored images are {rows.images.shape[1]}x{rows.images.shape[2]}, smaller than the model's "
-                f"{source.model.input_shape[0]}x{source.model.input_shape[1]} input; live predictions run on them "
-                "enlarged and can differ from the audit's"
+                f"the model file {source.model.path} changed since the run; live predictions follow the new file"
             )
     else:
         if data is None:
             raise AuditError("pass data= with a model (or pass a results store instead of a model)")
         source = _Source(_loaded_model(store_or_model, unsafe), 1.0 if rescale is None else float(rescale))
-        rows, class_names = _data_rows(source, data, annotations, max_examples)
 
+    # The second model is checked before the first one runs over the data.
     other = None
     if compare is not None:
         if isinstance(compare, (str, Path)) and schema.is_store(compare):
-            other = _run_model(Path(compare), unsafe)
-            if other.class_names != class_names:
-                raise AuditError(f"the compared run has classes {other.class_names}, not {class_names}", compare)
+            other = _run_model(Reader(compare), unsafe)
         else:
             other = _Source(_loaded_model(compare, unsafe), source.rescale)
-        if other.model.num_classes != len(class_names):
+        if other.model.num_classes != source.model.num_classes:
             raise AuditError(
-                f"the compared model outputs {other.model.num_classes} classes; the audited one has {len(class_names)}",
+                f"the compared model outputs {other.model.num_classes} classes; "
+                f"the audited one has {source.model.num_classes}",
                 other.model.path,
             )
+
+    if run is not None:
+        rows, class_names = _store_rows(run, max_examples)
+    else:
+        rows, class_names = _data_rows(source, data, annotations, max_examples)
+    if tuple(rows.images.shape[1:3]) != tuple(source.model.input_shape[:2]):
+        notes.append(
+            f"the tool's images are {rows.images.shape[1]}x{rows.images.shape[2]} (the store's size limit), smaller "
+            f"than the model's {source.model.input_shape[0]}x{source.model.input_shape[1]} input; live predictions "
+            "run on them enlarged and can differ from the audit's"
+        )
+    if other is not None and other.class_names is not None and other.class_names != class_names:
+        raise AuditError(f"the compared run has classes {other.class_names}, not {class_names}", compare)
 
     examples = _examples(rows, class_names)
     first, second = _model_names(source.model.name, other.model.name if other else None)

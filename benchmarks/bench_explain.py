@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -101,8 +102,10 @@ def measure(args) -> dict:
         else:
             tfx_n = min(n, args.tf_explain_occlusion_images)
             tfx_gradcam, tfx_occlusion = TfxGradCAM(), TfxOcclusion()
-            # tf-explain's model.predict draws a progress bar per image
-            with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            # tf-explain's model.predict draws a progress bar per image, and its
+            # Model([model.inputs], ...) makes Keras 3 warn on every call
+            with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 tfx = best_times({
                     "gradcam": lambda: tfx_gradcam.explain((x, None), model, class_index=0, layer_name="conv_last"),
                     "occlusion": lambda: tfx_occlusion.explain(
@@ -144,7 +147,8 @@ def memory_child(args) -> None:
 def memory(args) -> list[dict]:
     rows = []
     for count in args.memory_counts:
-        cmd = [sys.executable, __file__, "--memory-child", str(count), "--size", str(args.size), "--batch", str(args.batch)]
+        cmd = [sys.executable, __file__, "--memory-child", str(count)]
+        cmd += ["--size", str(args.size), "--batch", str(args.batch)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -118,6 +119,14 @@ def test_softmax_score_is_taken_before_the_softmax(seq_dir, images):
     np.testing.assert_allclose(soft, logit, atol=1e-6)
 
 
+def test_separate_softmax_layer_is_bypassed_too(images):
+    logits = functional_model("logits")
+    with_softmax = keras.Model(logits.input, keras.layers.Softmax()(logits.output))
+    explainer = GradCAM(with_softmax)
+    assert explainer.model.output_kind == "softmax"
+    np.testing.assert_allclose(explainer(images, targets=0), GradCAM(logits)(images, targets=0), atol=1e-6)
+
+
 def test_gradcam_plus_plus_matches_reference(images):
     model = functional_model("logits")
     _, full = _reference_for(model, images, targets=1, plus_plus=True)
@@ -125,6 +134,7 @@ def test_gradcam_plus_plus_matches_reference(images):
 
 
 # -- tf-explain as a second implementation ---------------------------------------------
+@pytest.mark.filterwarnings("ignore:The structure of `inputs`:UserWarning")  # tf-explain's [model.inputs]
 def test_agrees_with_tf_explain_on_a_functional_model(images):
     from tf_explain.core.grad_cam import GradCAM as TfExplainGradCAM
 
@@ -133,7 +143,8 @@ def test_agrees_with_tf_explain_on_a_functional_model(images):
         outputs, grads = TfExplainGradCAM.get_gradients_and_filters(
             model, images, "conv_last", class_index, use_guided_grads=False
         )
-        theirs = np.maximum(np.stack([c.numpy() for c in TfExplainGradCAM.generate_ponderated_output(outputs, grads)]), 0)
+        cams = TfExplainGradCAM.generate_ponderated_output(outputs, grads)
+        theirs = np.maximum(np.stack([c.numpy() for c in cams]), 0)
         ours = GradCAM(model, layer="conv_last").layer_maps(images, targets=class_index)
         assert ours.shape == theirs.shape
         for a, b in zip(ours, theirs):
@@ -153,7 +164,8 @@ def test_targets_none_int_and_array(images):
     per_image = np.array([0, 1, 2, 2, 1, 0])
     np.testing.assert_allclose(explainer(images), _reference_for(model, images, pred)[1], atol=2e-5)
     np.testing.assert_allclose(explainer(images, targets=1), _reference_for(model, images, 1)[1], atol=2e-5)
-    np.testing.assert_allclose(explainer(images, targets=per_image), _reference_for(model, images, per_image)[1], atol=2e-5)
+    expected = _reference_for(model, images, per_image)[1]
+    np.testing.assert_allclose(explainer(images, targets=per_image), expected, atol=2e-5)
 
 
 def test_dataset_and_iterator_inputs_give_the_same_maps(images):
@@ -202,7 +214,7 @@ def test_clear_errors_for_bad_input(images):
     with pytest.raises(ModelError, match="does not exist"):
         GradCAM(model, layer="no_such_layer")
     with pytest.raises(ModelError, match="4-D"):
-        GradCAM(model, layer="head")(images[:1])
+        GradCAM(model, layer="head")
     explainer = GradCAM(model)
     with pytest.raises(AuditError, match="out of range"):
         explainer(images, targets=3)
@@ -214,3 +226,5 @@ def test_clear_errors_for_bad_input(images):
         explainer(images[:, :32])
     with pytest.raises(AuditError, match="keras.Model"):
         GradCAM("model.keras")
+    with pytest.raises(ModelError, match="not built"):
+        GradCAM(keras.Sequential([keras.layers.Conv2D(2, 3), keras.layers.Flatten(), keras.layers.Dense(2)]))

@@ -130,7 +130,8 @@ def test_works_without_layers_like_a_savedmodel(tiny, tiny_images):
         num_classes=3, output_kind="softmax", keras_model=None, _call=lambda x: tiny(x, training=False),
     )
     expected = OcclusionSensitivity(as_model(tiny), patch_size=4)(tiny_images, normalize=False)
-    np.testing.assert_allclose(OcclusionSensitivity(bare, patch_size=4)(tiny_images, normalize=False), expected, atol=1e-6)
+    got = OcclusionSensitivity(bare, patch_size=4)(tiny_images, normalize=False)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
 def test_clear_errors(tiny, tiny_images):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from audit.wit import heatmap_features
 from conftest import CLASSES, REPO, brightness_model
 
 # Only located, not imported: a plain import of witwidget fails on this stack, which is the point of audit.wit.
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("witwidget") is None, reason="the 'wit' extra is not installed")
+needs_wit = pytest.mark.skipif(importlib.util.find_spec("witwidget") is None, reason="the 'wit' extra is not installed")
 
 NOTEBOOK = REPO / "examples" / "what_if.ipynb"
 EXPLAINED = 10
@@ -34,7 +33,7 @@ def scores(inferred: dict, model: int = 0) -> np.ndarray:
     rows = inferred["inferences"]["results"][model]["classificationResult"]["classifications"]
     out = []
     for row in rows:
-        by_label = {int(c["label"]): c.get("score", 0.0) for c in row["classes"]}
+        by_label = {int(c["label"]): c["score"] for c in row["classes"]}  # zero scores too: see json_format
         out.append([by_label[k] for k in range(len(by_label))])
     return np.array(out)
 
@@ -80,6 +79,7 @@ def test_missing_extra_names_the_install_step(monkeypatch, module):
     assert "\n" not in message
 
 
+@needs_wit
 def test_store_inference_matches_stored_predictions(store, tiny):
     from audit.store.reader import Reader
     from audit.wit import what_if
@@ -95,7 +95,8 @@ def test_store_inference_matches_stored_predictions(store, tiny):
     inferred = widget.infer_impl()  # what the widget runs when the browser asks for inference
     assert inferred["label_vocab"] == list(CLASSES)
     assert inferred["inferences"]["indices"] == list(range(30))
-    stored = run.predictions.set_index("index").loc[tool.indices, ["prob_0", "prob_1", "prob_2"]].to_numpy()
+    table = run.predictions.set_index("index").loc[tool.indices]
+    stored = table[["prob_0", "prob_1", "prob_2"]].to_numpy()
     np.testing.assert_allclose(scores(inferred), stored, atol=1e-5)
 
     # Annotations, labels and stored predictions arrive as features, matched through the CSV's paths.
@@ -108,7 +109,7 @@ def test_store_inference_matches_stored_predictions(store, tiny):
         assert row["score"] == pytest.approx(annotations.loc[path, "score"])
         assert row["label"] == tiny["labels"][j] and row["label_name"].decode() == CLASSES[tiny["labels"][j]]
         assert row[f"audit_prob_{CLASSES[1]}"] == pytest.approx(stored[r, 1], abs=1e-6)
-        assert row["brightness"] == pytest.approx(tiny["x"][j].mean() / 255, abs=1e-3)
+        assert row["brightness"] == pytest.approx(table["brightness"].iloc[r], abs=1e-6)  # a built-in annotation
 
     # Grad-CAM summaries exactly for the explained examples, computed from the stored maps.
     with_maps = [i for i, row in zip(tool.indices, rows) if "gradcam_centre_mass" in row]
@@ -119,11 +120,57 @@ def test_store_inference_matches_stored_predictions(store, tiny):
             assert row["gradcam_border_mass"] == pytest.approx(want["border_mass"], abs=1e-6)
             assert row["gradcam_peak_y"] == pytest.approx(want["peak_y"], abs=1e-6)
 
+    # The thumbnail atlas: a 6x6 grid of 32-pixel tiles for 30 examples, the first tile from the first image.
+    import base64
+    import io
+
+    from PIL import Image
+
+    atlas = np.asarray(Image.open(io.BytesIO(base64.b64decode(widget.sprite.split(",", 1)[1]))))
+    assert atlas.shape == (6 * 32, 6 * 32, 3)
+    assert atlas[:32, :32].mean() == pytest.approx(run.image(int(tool.indices[0])).mean(), abs=2)
+
     # WIT's own feature scan (used for partial-dependence plots) sees the annotations.
     eligible = {f["name"] for f in widget.get_eligible_features_impl()}
     assert {"site", "score", "brightness", "gradcam_centre_mass"} <= eligible
 
 
+@needs_wit
+def test_live_predictions_apply_the_runs_rescale(tiny, tmp_path):
+    from audit.runner import AuditOptions, run_audit
+    from audit.store.reader import Reader
+    from audit.wit import what_if
+
+    model = brightness_model()
+    conv = model.get_layer("conv")
+    w, b = conv.get_weights()
+    conv.set_weights([w * 255, b])  # the same classifier for pixels in 0..1
+    model.save(tmp_path / "unit.keras")
+    options = AuditOptions(explain=(), bootstrap=20, rescale=1 / 255, tensorboard=False)
+    store = run_audit(tmp_path / "unit.keras", tiny["data"], tmp_path / "run", options=options, progress=False)
+
+    tool = what_if(store)
+    stored = Reader(store).predictions.set_index("index").loc[tool.indices, ["prob_0", "prob_1", "prob_2"]]
+    np.testing.assert_allclose(scores(tool.widget.infer_impl()), stored.to_numpy(), atol=1e-5)
+    assert (stored.to_numpy().argmax(1) == Reader(store).predictions["label"].to_numpy()).all()
+
+
+@needs_wit
+def test_a_run_whose_model_moved_says_what_to_do(store, tmp_path):
+    import shutil
+
+    from audit.errors import StoreError
+    from audit.wit import what_if
+
+    moved = shutil.copytree(store, tmp_path / "run")
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["model"]["path"] = str(tmp_path / "gone.keras")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match=r"gone.keras no longer exists; open the model directly: what_if\(MODEL"):
+        what_if(moved)
+
+
+@needs_wit
 def test_compare_mode_runs_both_models(tiny):
     from audit.wit import what_if
 
@@ -150,6 +197,7 @@ def test_compare_mode_runs_both_models(tiny):
     assert [r["site"].decode() for r in rows] == ["a" if j % 2 == 0 else "b" for j in fixture_rows]
 
 
+@needs_wit
 def test_compare_model_must_have_the_same_classes(store):
     from audit.wit import what_if
 
@@ -157,6 +205,7 @@ def test_compare_model_must_have_the_same_classes(store):
         what_if(store, compare=brightness_model("sigmoid"))
 
 
+@needs_wit
 def test_bad_arguments_are_reported(store, tiny):
     from audit.wit import what_if
 
@@ -168,6 +217,7 @@ def test_bad_arguments_are_reported(store, tiny):
         what_if(tiny["model"])
 
 
+@needs_wit
 def test_max_examples_keeps_explained_examples(store):
     from audit.store.reader import Reader
     from audit.wit import what_if
@@ -191,6 +241,7 @@ def test_heatmap_features_by_hand():
         heatmap_features(np.ones(5))
 
 
+@needs_wit
 def test_inference_json_keeps_zero_scores():
     from audit.wit import load_witwidget
 
@@ -204,20 +255,28 @@ def test_inference_json_keeps_zero_scores():
     assert json.loads(text)["result"]["classifications"][0]["classes"][0] == {"label": "0", "score": 0.0}
 
 
-def test_fresh_import_without_ipython8_display_and_without_pure_python_protobuf(monkeypatch):
-    """IPython 9 dropped IPython.core.display.display; protobuf's default backend refuses old _pb2 code."""
+@needs_wit
+def test_fresh_import_with_ipython9_display_module(monkeypatch):
+    """IPython 9 dropped IPython.core.display.display; the vendored _pb2 files are already in the pool."""
     import IPython.core.display as core_display
 
     from audit.wit import load_witwidget
 
-    load_witwidget()
+    before = load_witwidget()
     for name in [m for m in sys.modules if m == "witwidget" or m.startswith("witwidget.")]:
         monkeypatch.delitem(sys.modules, name)  # restored after the test
-    monkeypatch.delattr(core_display, "display")
-    visualization = load_witwidget()
-    assert visualization.WitWidget.__module__ == "witwidget.notebook.jupyter.wit"
+
+    def ipython9(name):  # IPython 8 still lends out the name through this hook, with a deprecation warning
+        raise AttributeError(f"module 'IPython.core.display' has no attribute {name!r}")
+
+    monkeypatch.setattr(core_display, "__getattr__", ipython9)
     assert not hasattr(core_display, "display")
-    assert os.environ.get("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION") != "python"
+    visualization = load_witwidget()
+    assert visualization is not before and visualization.WitWidget.__module__ == "witwidget.notebook.jupyter.wit"
+    from witwidget._vendor.tensorflow_serving.apis import classification_pb2
+
+    assert classification_pb2.ClassificationResponse.FromString(b"").ByteSize() == 0
+    assert not hasattr(core_display, "display")  # lent for the import only
 
 
 def _execute_notebook(source: dict, cwd: Path) -> str:
@@ -237,18 +296,19 @@ def _execute_notebook(source: dict, cwd: Path) -> str:
                 texts.append(output.get("text", "") + output.get("data", {}).get("text/plain", ""))
         return "\n".join(texts)
     script = "\n\n".join("".join(c["source"]) for c in source["cells"] if c["cell_type"] == "code")
-    script = script.replace('summary.agg("mean")', 'print(summary.agg("mean")) or summary.agg("mean")')
     result = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
+@needs_wit
 def test_example_notebook_audits_the_planted_bias_model(tmp_path):
     source = json.loads(NOTEBOOK.read_text())
     params = [c for c in source["cells"] if "parameters" in c["metadata"].get("tags", [])]
     assert len(params) == 1
     params[0]["source"] = 'STORE = "run"\nEXPLAIN_LIMIT = 24\nBOOTSTRAP = 20\nMAX_EXAMPLES = 150\n'
-    assert all(not c.get("outputs") for c in source["cells"] if c["cell_type"] == "code"), "commit the notebook without outputs"
+    code_cells = [c for c in source["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") for c in code_cells), "commit the notebook without outputs"
 
     text = _execute_notebook(source, tmp_path)
     diff = float(text.split("What-If Tool predictions vs stored: max difference ")[1].split()[0])

@@ -23,7 +23,7 @@ if run_b is None:
 try:
     result = store_cache.comparison(run_a, run_b)
 except StoreError as e:
-    st.error(f"**These two runs cannot be compared.**\n\n{e}", icon="🚫")
+    st.error(f"**These two runs cannot be compared.**\n\n{e}", icon=":material/block:")
     st.stop()
 
 st.markdown(f"**A** · {result['a']['model']} · `{result['a']['path']}`  \n"

@@ -94,5 +94,5 @@ for row_start in range(0, len(page), COLUMNS):
         col.image(picture, width="stretch",
                   caption=f"{mark} #{int(i)} · {names[int(r['label'])]} → {names[int(r['pred'])]} · "
                           f"{r['confidence']:.0%}{note}")
-        if col.button("Open", key=f"g_open_{int(i)}", width="stretch"):
+        if col.button(f"Open #{int(i)}", key=f"g_open_{int(i)}", width="stretch"):
             links.open_example(int(i))

@@ -167,7 +167,8 @@ class SmoothGrad(_GradientFamily):
         k = self.copies_per_image
         spread = (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3))) * self.noise
         repeated = np.repeat(x, k, axis=0)
-        noisy = repeated + self.rng.standard_normal(repeated.shape, dtype=np.float32) * np.repeat(spread, k)[:, None, None, None]
+        noise = self.rng.standard_normal(repeated.shape, dtype=np.float32)
+        noisy = repeated + noise * np.repeat(spread, k)[:, None, None, None]
         grads = self.core["vanilla"].compute_gradients(noisy.astype(np.float32), self.score, column)
         return np.asarray(grads).reshape(len(x), k, *x.shape[1:]).mean(axis=1)
 

@@ -120,24 +120,26 @@ class OcclusionSensitivity(Explainer):
 
         def drops(x, fill, corners, patch, targets):
             h, w = tf.shape(x)[1], tf.shape(x)[2]
+            # An extra first "patch" above the image covers nothing: its copy is
+            # the clean image, scored in the same forward call as the patched
+            # ones so that rounding is alike (kernels take other code paths at
+            # other batch sizes), with no concatenation copy.
+            corners = tf.concat([tf.fill((1, 2), -patch), corners], 0)
             top, left = corners[:, :1], corners[:, 1:]
             rows, cols = tf.range(h)[None, :], tf.range(w)[None, :]
             in_rows = (rows >= top) & (rows < top + patch)
             in_cols = (cols >= left) & (cols < left + patch)
-            masks = in_rows[:, :, None] & in_cols[:, None, :]  # (P, h, w)
-            patched = tf.where(masks[None, :, :, :, None], fill[:, None], x[:, None])  # (B, P, h, w, C)
+            masks = in_rows[:, :, None] & in_cols[:, None, :]  # (1 + P, h, w)
+            patched = tf.where(masks[None, :, :, :, None], fill[:, None], x[:, None])  # (B, 1 + P, h, w, C)
             n, p = tf.shape(x)[0], tf.shape(corners)[0]
-            # Clean images share the patched copies' forward call, which keeps
-            # rounding alike (kernels take other code paths at other batch sizes).
-            batch = tf.concat([x, tf.reshape(patched, tf.concat([[-1], tf.shape(x)[1:]], 0))], 0)
-            probs = model.to_probs(model.raw_output(batch))
-            clean = probs[:n]
+            probs = model.to_probs(model.raw_output(tf.reshape(patched, tf.concat([[-1], tf.shape(x)[1:]], 0))))
+            probs = tf.reshape(probs, (n, p, -1))
+            clean = probs[:, 0]
             resolved = tf.where(targets < 0, tf.argmax(clean, axis=-1, output_type=tf.int32), targets)
-            before = tf.gather(clean, resolved, batch_dims=1)
-            after = tf.gather(tf.reshape(probs[n:], (n, p, -1)), resolved, axis=2, batch_dims=1)
-            drop = before[:, None] - after  # (B, P)
+            scored = tf.gather(probs, resolved, axis=2, batch_dims=1)  # (B, 1 + P)
+            drop = scored[:, :1] - scored[:, 1:]
             drop = tf.where(tf.abs(drop) <= ROUNDING, 0.0, drop)
-            return tf.einsum("bp,phw->bhw", drop, tf.cast(masks, tf.float32)), resolved
+            return tf.einsum("bp,phw->bhw", drop, tf.cast(masks[1:], tf.float32)), resolved
 
         shape = (None, *model.input_shape)
         fn = tf.function(

@@ -406,7 +406,7 @@ def _mistake_sections(run: Reader) -> list[Block]:
         pictures.append(Picture(f"mistake_{index}", _image_png(image), caption, width=128))
         if run.has_heatmap(index):
             for method in methods:
-                pictures.append(Picture(f"mistake_{index}_{method.replace('+', 'p')}",
+                pictures.append(Picture(f"mistake_{index}_{schema.file_stem(method)}",
                                         _image_png(overlay(image, run.heatmap(method, index), 0.5)),
                                         f"#{index}: {method}", width=128))
     if not any(run.has_heatmap(int(i)) for i in wrong["index"]):

@@ -56,9 +56,14 @@ def prob_column(k: int) -> str:
     return f"{PROB_PREFIX}{k}"
 
 
+def file_stem(method: str) -> str:
+    """A method name safe for file names: 'gradcam++' becomes 'gradcam_pp'."""
+    return method.replace("++", "_pp")
+
+
 def heatmap_file(method: str) -> str:
-    """File of one explainer's maps; 'gradcam++' is stored as 'gradcam_pp'."""
-    return f"{HEATMAP_DIR}/{method.replace('+', '_p')}.npy"
+    """File of one explainer's maps."""
+    return f"{HEATMAP_DIR}/{file_stem(method)}.npy"
 
 
 def activation_file(layer: str) -> str:

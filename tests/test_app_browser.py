@@ -1,0 +1,153 @@
+"""End to end: ``keras-audit app`` served on loopback, driven in Debian's Chromium by Playwright.
+
+No browser is downloaded: Playwright launches the system ``/usr/bin/chromium``
+(``.ci/run`` installs it with apt). Missing Chromium or Playwright is a failure
+with the fix in the message, not a skip, so CI cannot pass without this test.
+Screenshots go to the test's tmp dir and are copied to ``/tmp/app_screens/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import app_stores  # noqa: E402
+
+from audit.store import schema  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SCREENS = Path("/tmp/app_screens")
+WAIT_MS = 90_000  # the cores are shared: a rerun can take tens of seconds
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return app_stores.build_store(tmp_path_factory.mktemp("browser") / "run", n=600, explained=40, bootstrap=50)
+
+
+@pytest.fixture
+def server(store, tmp_path):
+    """``keras-audit app STORE --port P`` until the test ends; stopped by its process id."""
+    cli = shutil.which("keras-audit")
+    if cli is None:
+        pytest.fail("the keras-audit command is not on PATH; install the package (pip install -e '.[test]')")
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([cli, "app", str(store), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not _healthy(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"keras-audit app did not come up on port {port} (exit {proc.poll()}):\n"
+                            + (tmp_path / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield port
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    # The launcher passes the signal on: nothing may keep serving the port.
+    deadline = time.monotonic() + 20
+    while _healthy(port) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _healthy(port), "the Streamlit server outlived the keras-audit process"
+
+
+def _settle(page) -> None:
+    """Wait until Streamlit has finished the rerun and every thumbnail has loaded."""
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=WAIT_MS)
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('[data-testid=\"stImage\"] img'))"
+        ".every(i => i.complete && i.naturalWidth > 0)", timeout=WAIT_MS)
+
+
+def _shoot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SCREENS / path.name)
+    return path
+
+
+def test_gallery_filter_and_example_in_chromium(server, store, tmp_path):
+    if not CHROMIUM.is_file():
+        pytest.fail(f"Debian's Chromium is not installed at {CHROMIUM}; run .ci/run "
+                    "(it runs: apt-get install -y chromium) and try again")
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        pytest.fail("the playwright Python package is missing; run .ci/run (pip install playwright)")
+
+    frame = pd.read_parquet(store / schema.PREDICTIONS)
+    wrong = frame[~frame["correct"]].sort_values(["confidence", "index"], ascending=[False, True])
+    first_wrong = int(wrong["index"].iloc[0])
+    names = app_stores.CLASSES
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            page.set_default_timeout(WAIT_MS)
+            expect.set_options(timeout=WAIT_MS)
+            page.goto(f"http://127.0.0.1:{server}/gallery")
+            expect(page.get_by_role("heading", name="Gallery")).to_be_visible()
+            expect(page.get_by_text("600 of 600 examples match")).to_be_visible()
+            expect(page.locator('[data-testid="stImage"]')).to_have_count(24)
+            _settle(page)
+            _shoot(page, tmp_path, "gallery")
+
+            page.get_by_text("incorrect", exact=True).click()
+            expect(page.get_by_text(f"{len(wrong)} of 600 examples match")).to_be_visible()
+            _settle(page)
+            captions = page.locator('[data-testid="stImage"]').all_inner_texts()
+            assert captions and all(c.strip().startswith("✗") for c in captions), captions[:3]
+            assert f"#{first_wrong} " in captions[0]
+            _shoot(page, tmp_path, "gallery_incorrect")
+
+            page.get_by_role("button", name=f"Open #{first_wrong}", exact=True).click()
+            expect(page.get_by_role("heading", name="Example detail")).to_be_visible()
+            row = frame.set_index("index").loc[first_wrong]
+            expect(page.get_by_text(f"#{first_wrong} · true {names[row['label']]} · predicted {names[row['pred']]}")
+                   ).to_be_visible()
+            expect(page.get_by_text("Probabilities")).to_be_visible()
+            _settle(page)
+            assert f"example={first_wrong}" in page.url
+            body = page.inner_text("body")
+            for text in ("Grad-CAM", "Grad-CAM++", "Occlusion", "Activations", row["path"]):
+                assert text in body
+            shot = _shoot(page, tmp_path, "example")
+            assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+        finally:
+            browser.close()
