@@ -71,7 +71,8 @@ def measure(args) -> dict:
     model = build_model(args.size)
     x = np.random.default_rng(0).random((args.images, args.size, args.size, 3), dtype=np.float32)
     n, occ_n = len(x), min(len(x), args.occlusion_images)
-    out: dict = {"params": model.count_params(), "images": n, "size": args.size, "batch": args.batch}
+    out: dict = {"params": model.count_params(), "images": n, "size": args.size, "batch": args.batch,
+                 "patch": args.patch}
 
     forward = tf.function(model)
 
@@ -167,12 +168,12 @@ def report(r: dict, mem: list[dict]) -> None:
     for label in ("same", "default"):
         p, s = r[f"occlusion_{label}_patches"], r[f"occlusion_{label}_stride"]
         ideal = r[f"occlusion_{label}_ideal"]
-        line(f"ideal occlusion, patch 8 stride {s} ({p} patches)", ideal)
-        line(f"our occlusion, patch 8 stride {s}", r[f"occlusion_{label}"],
+        line(f"ideal occlusion, patch {r['patch']} stride {s} ({p} patches)", ideal)
+        line(f"our occlusion, patch {r['patch']} stride {s}", r[f"occlusion_{label}"],
              f"{r[f'occlusion_{label}'] / ideal:.2f}x ideal (goal >= 0.7)")
     if "tf_explain_occlusion" in r:
         line(f"tf-explain OcclusionSensitivity ({r['tf_explain_occlusion_images']} images)", r["tf_explain_occlusion"],
-             f"ours (stride 8) is {r['occlusion_same'] / r['tf_explain_occlusion']:.1f}x (goal >= 3)")
+             f"ours (same patch and stride) is {r['occlusion_same'] / r['tf_explain_occlusion']:.1f}x (goal >= 3)")
     elif "tf_explain_error" in r:
         print(f"  tf-explain not measured: {r['tf_explain_error']}")
     for row in mem:
@@ -189,8 +190,8 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--patch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--occlusion-images", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--occlusion-images", type=int, default=16)
     parser.add_argument("--tf-explain-occlusion-images", type=int, default=16)
     parser.add_argument("--no-tf-explain", action="store_true")
     parser.add_argument("--no-memory", action="store_true")

@@ -34,6 +34,7 @@ import numpy as np
 
 from audit.errors import AuditError, StoreError
 from audit.metrics.slices import worst_slices
+from audit.store import schema
 from audit.store.reader import Reader
 from audit.viz import overlay
 
