@@ -16,21 +16,29 @@ WORSE, BETTER, NEUTRAL, SMALL = "#d62728", "#2ca02c", "#4c78a8", "#c7c7c7"
 
 def confusion_matrix(cells: pd.DataFrame) -> alt.LayerChart:
     """Cells ``true, pred, count, share`` (share of the true class); click a cell to pick it."""
+    classes = cells["true"].nunique()
     pick = alt.selection_point(name=PICK, fields=["true", "pred"], on="click")
     base = alt.Chart(cells).encode(
-        x=alt.X("pred:N", title="predicted class", sort=None, axis=alt.Axis(labelAngle=0, orient="top")),
+        x=alt.X("pred:N", title="predicted class", sort=None,
+                axis=alt.Axis(labelAngle=0 if classes <= 8 else -60, orient="top")),
         y=alt.Y("true:N", title="true class", sort=None),
     )
-    rect = base.mark_rect(stroke="white", strokeWidth=2).encode(
-        color=alt.Color("share:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), title="share of true class"),
+    rect = base.mark_rect(stroke="white", strokeWidth=2 if classes <= 20 else 0).encode(
+        color=alt.Color("share:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), title="share of true class",
+                        legend=alt.Legend(orient="bottom", format="%", gradientLength=160)),
         opacity=alt.condition(pick, alt.value(1.0), alt.value(0.55)),
         tooltip=["true", "pred", "count", alt.Tooltip("share:Q", format=".1%")],
     ).add_params(pick)
-    text = base.mark_text(fontSize=14).encode(
+    # Rows shrink with the number of classes so a 100-class matrix stays on a screen;
+    # counts are written in the cells only while they fit.
+    step = int(max(6, min(44, 640 // max(classes, 1))))
+    if step < 24:
+        return rect.properties(height=alt.Step(step))
+    text = base.mark_text(fontSize=14 if step >= 36 else 10).encode(
         text="count:Q",
         color=alt.condition(alt.datum.share > 0.5, alt.value("white"), alt.value("black")),
     )
-    return alt.layer(rect, text).properties(height=alt.Step(44))
+    return alt.layer(rect, text).properties(height=alt.Step(step))
 
 
 def slice_accuracy(rows: pd.DataFrame, overall: float) -> alt.LayerChart:

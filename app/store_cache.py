@@ -206,7 +206,7 @@ def picture(run: RunRef, index: int, method: str | None = None, alpha: float = 0
     return _enlarge(image, at_least)
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
+@st.cache_data(show_spinner=False, max_entries=16)
 def _tiles(path: str, mtime: float, indices: tuple[int, ...], method: str | None, alpha: float) -> list[np.ndarray]:
     run = RunRef(path, mtime, "")
     return [picture(run, i, method, alpha) for i in indices]

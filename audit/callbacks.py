@@ -14,9 +14,10 @@ the validation data:
 * ``pr_curves``: ``pr/<class>``, one-vs-rest PR curve per class;
 * ``slices``: ``metrics/accuracy`` and ``slices/<annotation>/<value>``, each
   with ``/ci_low`` and ``/ci_high`` (95% Wilson interval);
-* ``images``: ``<method>/<class>``, heatmap overlays of a fixed sample of up to
-  ``num_images`` validation images of each true class, framed green when the
-  model gets them right at that epoch and red when it does not;
+* ``images``: ``<method>/<class>``, heatmap overlays of a fixed sample of
+  ``num_images`` validation images spread over the classes (one tag per true
+  class), framed green when the model gets them right at that epoch and red
+  when it does not;
 * ``histograms``: ``activations/<layer>`` on the same fixed sample.
 
 The summaries are made by the same functions as ``keras-audit tensorboard``
@@ -28,9 +29,10 @@ Costs stay flat over epochs: the explainers and the prediction function are
 compiled once per model (``trace_counts`` shows it), the fixed sample is
 copied once, and nothing else is kept between epochs.
 
-Keras calls callbacks by type, so this module imports Keras when imported;
-TensorFlow itself is used through Keras' TensorFlow backend, which the
-explainers need.
+The classes subclass ``keras.callbacks.Callback``, so importing this module
+imports Keras (whoever imports it is training with Keras already);
+TensorBoard's summary code is imported at the first audit. The explainers need
+Keras' TensorFlow backend.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def _annotation_table(annotations):
     return table
 
 
-def class_indices(y, num_classes: int) -> np.ndarray:
+def _class_indices(y, num_classes: int) -> np.ndarray:
     """Labels as class indices (N,): from indices, (N, 1) columns or one-hot / probability rows."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] > 1:
@@ -100,7 +102,7 @@ def class_indices(y, num_classes: int) -> np.ndarray:
     return y
 
 
-class ValidationData:
+class _ValidationData:
     """Validation examples streamed as ``(x float32 (B, ...), y as given)`` batches.
 
     Accepts ``(x, y)`` or ``(x, y, sample_weight)`` arrays, or an iterable
@@ -246,7 +248,7 @@ class AuditCallback(keras.callbacks.Callback):
             raise AuditError(f"run_name must be a folder name. Received: run_name={run_name!r}")
         self.run_name = str(run_name)
         self.annotations = _annotation_table(annotations)
-        self.validation = ValidationData(validation_data, self.batch_size)
+        self.validation = _ValidationData(validation_data, self.batch_size)
         self._state: _Prepared | None = None
         self._writer = None
         self._for_model = None
@@ -355,7 +357,7 @@ class AuditCallback(keras.callbacks.Callback):
         probs, labels = [], []
         rank = len(state.loaded.input_shape)
         for x, y in self.validation.batches(rank):
-            k = class_indices(y, state.loaded.num_classes)
+            k = _class_indices(y, state.loaded.num_classes)
             probs.append(state.predict(tf.constant(x)).numpy())
             labels.append(k)
             if sample:

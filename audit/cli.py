@@ -57,7 +57,7 @@ def _explainers(text: str) -> tuple[str, ...]:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--rescale", type=_rescale, default=1.0, help="multiply pixels (0..255) by this, e.g. 1/255 (default: none)")
-    p.add_argument("--explain", type=_explainers, default=("gradcam", "occlusion"),
+    p.add_argument("--explain", type=_explainers, default=None,
                    help="comma list of gradcam, gradcam++, occlusion, activations, or none (default: gradcam,occlusion)")
     p.add_argument("--explain-limit", type=int, default=500,
                    help="explain at most N examples, chosen to cover confident mistakes, classes and slices (0: all)")

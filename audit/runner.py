@@ -38,7 +38,7 @@ class AuditOptions:
 
     batch_size: int = 64
     rescale: float = 1.0
-    explain: tuple[str, ...] = DEFAULT_EXPLAIN
+    explain: tuple[str, ...] | None = None  # None: gradcam + occlusion (occlusion only without layers)
     explain_limit: int | None = 500  # None: explain every example
     layer: str | None = None  # Grad-CAM layer; None: last 4-D layer
     occlusion_patch: int | None = None  # None: about 1/8 of the shorter side
@@ -54,7 +54,7 @@ class AuditOptions:
     def recorded(self) -> dict:
         d = asdict(self)
         d.pop("notes")
-        d["explain"] = list(self.explain)
+        d["explain"] = None if self.explain is None else list(self.explain)
         return d
 
 
@@ -114,15 +114,7 @@ class _Run:
         self.annotations, self.annotation_report = (None, None)
         if annotations is not None:
             self.annotations, self.annotation_report = load_annotations(annotations, self.dataset)
-        unknown = [m for m in options.explain if m not in schema.EXPLAINERS]
-        if unknown:
-            raise AuditError(f"unknown explainer(s) {unknown}; choose from {', '.join(schema.EXPLAINERS)}")
-        if options.explain and not self.model.has_layers:
-            raise ModelError(
-                f"explainers ({', '.join(options.explain)}) need the model's layers, which a SavedModel does not "
-                "expose; pass --explain none, or save the model as .keras",
-                self.model.path,
-            )
+        self.methods = self._methods(options.explain)
         if options.layer and self.model.has_layers:
             self.model.find_layer(options.layer)
         self.writer = StoreWriter(out, resume=resume)
@@ -131,6 +123,24 @@ class _Run:
         if self.writer.resuming:
             self._check_same_run(self.writer.read_manifest())
         self.writer.write_manifest({**self.manifest, "complete": False})
+
+    def _methods(self, asked: tuple[str, ...] | None) -> tuple[str, ...]:
+        unknown = [m for m in asked or () if m not in schema.EXPLAINERS]
+        if unknown:
+            raise AuditError(f"unknown explainer(s) {unknown}; choose from {', '.join(schema.EXPLAINERS)}")
+        if self.model.has_layers:
+            return DEFAULT_EXPLAIN if asked is None else tuple(asked)
+        if asked is None:
+            self.options.notes.append("SavedModel: no layers to explain with Grad-CAM; heatmaps are occlusion only")
+            return ("occlusion",)
+        need_layers = [m for m in asked if m != "occlusion"]
+        if need_layers:
+            raise ModelError(
+                f"{', '.join(need_layers)} need the model's layers, which a SavedModel does not expose; "
+                "use --explain occlusion or none, or save the model as .keras",
+                self.model.path,
+            )
+        return tuple(asked)
 
     def _manifest(self) -> dict:
         m, d = self.model, self.dataset
@@ -259,8 +269,8 @@ class _Run:
     def explain(self, predictions) -> dict:
         from audit.explain import EXPLAINERS, Activations, quality
 
-        methods = [m for m in self.options.explain if m != "activations"]
-        want_acts = "activations" in self.options.explain
+        methods = [m for m in self.methods if m != "activations"]
+        want_acts = "activations" in self.methods
         if not (methods or want_acts):
             return {}
         w = self.writer

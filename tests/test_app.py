@@ -49,15 +49,19 @@ def start(monkeypatch, *runs) -> AppTest:
     """The app as ``streamlit run app/main.py -- runs...`` starts it, after its first run."""
     monkeypatch.setattr(sys, "argv", [str(ENTRY), *map(str, runs)])
     at = AppTest.from_file(str(ENTRY), default_timeout=TIMEOUT)
-    at.run()
+    return clean(at.run())
+
+
+def clean(at: AppTest) -> AppTest:
+    """No traceback and no Streamlit warning (e.g. a widget given a value twice) on the page."""
     assert not at.exception, [e.value for e in at.exception]
+    assert not at.warning, [w.value for w in at.warning]
     return at
 
 
 def goto(at: AppTest, page: str) -> AppTest:
     at.switch_page(f"views/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return clean(at)
 
 
 def matching(at: AppTest) -> tuple[int, int]:
@@ -105,7 +109,7 @@ def test_confusion_cell_opens_its_examples_in_the_gallery(stores, monkeypatch):
     cell = int(((frame["label"] == 2) & (frame["pred"] == 0)).sum())
     assert cell > 20  # the planted bias: triangles with the cue called circles
     button = at.button(key="ov_open_cell")
-    assert button.label == f"Show these {cell} examples"
+    assert button.label == f"Show {cell} examples"
     button.click().run()
     assert at.title[0].value == "Gallery"
     assert matching(at) == (cell, len(frame))
@@ -186,6 +190,18 @@ def test_gallery_sorts_and_paginates(stores, monkeypatch):
     at.number_input(key="g_page").set_value(3).run()
     assert [caption_index(c) for c in captions(at)] == list(range(24, 36))
     assert "page 3 of 50" in next(m.value for m in at.markdown if "examples match" in m.value)
+
+
+def test_gallery_filters_survive_a_visit_to_another_page(stores, monkeypatch):
+    at = goto(start(monkeypatch, stores["a"]), "gallery")
+    at.radio(key="g_outcome").set_value("incorrect").run()
+    at.selectbox(key="g_annotation").set_value("cue").run()
+    at.multiselect(key="g_values").set_value(["present"]).run()
+    before = matching(at)
+    goto(at, "calibration")
+    goto(at, "gallery")
+    assert matching(at) == before
+    assert at.multiselect(key="g_values").value == ["present"] and at.radio(key="g_outcome").value == "incorrect"
 
 
 def test_gallery_overlay_follows_method_and_opacity(stores, monkeypatch):

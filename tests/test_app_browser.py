@@ -52,13 +52,14 @@ def store(tmp_path_factory):
     return app_stores.build_store(tmp_path_factory.mktemp("browser") / "run", n=600, explained=40, bootstrap=50)
 
 
-@pytest.fixture
-def server(store, tmp_path):
-    """``keras-audit app STORE --port P`` until the test ends; stopped by its process id."""
+@pytest.fixture(scope="module")
+def server(store, tmp_path_factory):
+    """``keras-audit app STORE --port P`` for this module's tests; stopped by its process id."""
     cli = shutil.which("keras-audit")
     if cli is None:
         pytest.fail("the keras-audit command is not on PATH; install the package (pip install -e '.[test]')")
     port = _free_port()
+    tmp_path = tmp_path_factory.mktemp("server")
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen([cli, "app", str(store), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -85,12 +86,16 @@ def server(store, tmp_path):
     assert not _healthy(port), "the Streamlit server outlived the keras-audit process"
 
 
+# Streamlit is done when no rerun is running, every image has loaded and every
+# chart and table has drawn (they load lazily and show a placeholder first).
+_DRAWN = """() => !document.querySelector('[data-testid="stStatusWidget"], [data-testid="stSkeleton"]')
+    && [...document.querySelectorAll('[data-testid="stImage"] img')].every(i => i.complete && i.naturalWidth > 0)
+    && [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].every(e => e.querySelector('svg, canvas'))
+    && [...document.querySelectorAll('[data-testid="stDataFrame"]')].every(e => e.querySelector('canvas'))"""
+
+
 def _settle(page) -> None:
-    """Wait until Streamlit has finished the rerun and every thumbnail has loaded."""
-    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=WAIT_MS)
-    page.wait_for_function(
-        "Array.from(document.querySelectorAll('[data-testid=\"stImage\"] img'))"
-        ".every(i => i.complete && i.naturalWidth > 0)", timeout=WAIT_MS)
+    page.wait_for_function(_DRAWN, timeout=WAIT_MS)
 
 
 def _shoot(page, tmp_path: Path, name: str) -> Path:
@@ -101,7 +106,8 @@ def _shoot(page, tmp_path: Path, name: str) -> Path:
     return path
 
 
-def test_gallery_filter_and_example_in_chromium(server, store, tmp_path):
+@pytest.fixture(scope="module")
+def chromium():
     if not CHROMIUM.is_file():
         pytest.fail(f"Debian's Chromium is not installed at {CHROMIUM}; run .ci/run "
                     "(it runs: apt-get install -y chromium) and try again")
@@ -109,45 +115,82 @@ def test_gallery_filter_and_example_in_chromium(server, store, tmp_path):
         from playwright.sync_api import expect, sync_playwright
     except ImportError:
         pytest.fail("the playwright Python package is missing; run .ci/run (pip install playwright)")
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(chromium):
+    page = chromium.new_page(viewport={"width": 1400, "height": 2000})
+    page.set_default_timeout(WAIT_MS)
+    yield page
+    page.close()
+
+
+def test_gallery_filter_and_example_in_chromium(server, page, store, tmp_path):
+    from playwright.sync_api import expect
 
     frame = pd.read_parquet(store / schema.PREDICTIONS)
     wrong = frame[~frame["correct"]].sort_values(["confidence", "index"], ascending=[False, True])
     first_wrong = int(wrong["index"].iloc[0])
     names = app_stores.CLASSES
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2000})
-            page.set_default_timeout(WAIT_MS)
-            expect.set_options(timeout=WAIT_MS)
-            page.goto(f"http://127.0.0.1:{server}/gallery")
-            expect(page.get_by_role("heading", name="Gallery")).to_be_visible()
-            expect(page.get_by_text("600 of 600 examples match")).to_be_visible()
-            expect(page.locator('[data-testid="stImage"]')).to_have_count(24)
-            _settle(page)
-            _shoot(page, tmp_path, "gallery")
+    page.goto(f"http://127.0.0.1:{server}/gallery")
+    expect(page.get_by_role("heading", name="Gallery")).to_be_visible()
+    expect(page.get_by_text("600 of 600 examples match")).to_be_visible()
+    expect(page.locator('[data-testid="stImage"]')).to_have_count(24)
+    _settle(page)
+    _shoot(page, tmp_path, "gallery")
 
-            page.get_by_text("incorrect", exact=True).click()
-            expect(page.get_by_text(f"{len(wrong)} of 600 examples match")).to_be_visible()
-            _settle(page)
-            captions = page.locator('[data-testid="stImage"]').all_inner_texts()
-            assert captions and all(c.strip().startswith("✗") for c in captions), captions[:3]
-            assert f"#{first_wrong} " in captions[0]
-            _shoot(page, tmp_path, "gallery_incorrect")
+    page.get_by_text("incorrect", exact=True).click()
+    expect(page.get_by_text(f"{len(wrong)} of 600 examples match")).to_be_visible()
+    expect(page.locator('[data-testid="stImage"]')).to_have_count(min(len(wrong), 24))
+    _settle(page)
+    captions = page.locator('[data-testid="stImage"]').all_inner_texts()
+    assert captions and all(c.strip().startswith("✗") for c in captions), captions[:3]
+    assert f"#{first_wrong} " in captions[0]
+    _shoot(page, tmp_path, "gallery_incorrect")
 
-            page.get_by_role("button", name=f"Open #{first_wrong}", exact=True).click()
-            expect(page.get_by_role("heading", name="Example detail")).to_be_visible()
-            row = frame.set_index("index").loc[first_wrong]
-            expect(page.get_by_text(f"#{first_wrong} · true {names[row['label']]} · predicted {names[row['pred']]}")
-                   ).to_be_visible()
-            expect(page.get_by_text("Probabilities")).to_be_visible()
-            _settle(page)
-            assert f"example={first_wrong}" in page.url
-            body = page.inner_text("body")
-            for text in ("Grad-CAM", "Grad-CAM++", "Occlusion", "Activations", row["path"]):
-                assert text in body
-            shot = _shoot(page, tmp_path, "example")
-            assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
-        finally:
-            browser.close()
+    page.get_by_role("button", name=f"Open #{first_wrong}", exact=True).click()
+    expect(page.get_by_role("heading", name="Example detail")).to_be_visible()
+    row = frame.set_index("index").loc[first_wrong]
+    expect(page.get_by_text(f"#{first_wrong} · true {names[row['label']]} · predicted {names[row['pred']]}")
+           ).to_be_visible()
+    expect(page.get_by_text("Probabilities")).to_be_visible()
+    expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(2)  # probabilities, channels
+    expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(2)  # annotations, channel stats
+    _settle(page)
+    # Tables draw on a canvas; their text is in the grid's accessible cells.
+    annotations = page.locator('[data-testid="stDataFrame"]').first
+    expect(annotations).to_contain_text(row["background"])
+    expect(annotations).to_contain_text(row["path"].split("/")[0])
+    assert f"example={first_wrong}" in page.url
+    body = page.inner_text("body")
+    for text in ("Grad-CAM", "Grad-CAM++", "Occlusion", "Activations", row["path"]):
+        assert text in body
+    shot = _shoot(page, tmp_path, "example")
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_clicking_a_confusion_cell_opens_its_examples(server, page, store, tmp_path):
+    from playwright.sync_api import expect
+
+    frame = pd.read_parquet(store / schema.PREDICTIONS)
+    cell = int(((frame["label"] == 2) & (frame["pred"] == 0)).sum())
+    page.goto(f"http://127.0.0.1:{server}/")
+    expect(page.get_by_role("heading", name="Confusion matrix")).to_be_visible()
+    _settle(page)
+    _shoot(page, tmp_path, "overview")
+    # Cells are drawn in data order, true class major: (triangle, circle) is the 7th.
+    page.locator('[data-testid="stVegaLiteChart"]').first.locator("g.mark-rect path").nth(2 * 3 + 0).click()
+    expect(page.get_by_role("heading", name="Gallery")).to_be_visible()
+    expect(page.get_by_text(f"{cell} of 600 examples match")).to_be_visible()
+    expect(page.locator('[data-testid="stImage"]')).to_have_count(min(cell, 24))
+    _settle(page)
+    captions = page.locator('[data-testid="stImage"]').all_inner_texts()
+    assert captions and all("triangle → circle" in c for c in captions), captions[:3]

@@ -203,6 +203,8 @@ def test_histograms_text_and_hparams(store, events):
     assert session.hparams["model"].string_value == "func"
     assert session.hparams["num_examples"].number_value == N
     assert session.hparams["option/explain"].string_value == "gradcam,occlusion,activations"
+    assert session.hparams["explained"].string_value == "gradcam,occlusion,activations"
+    assert session.hparams["option/layer"].string_value == "null"
     experiment = hp_metadata.parse_experiment_plugin_data(acc[hp_metadata.EXPERIMENT_TAG])
     assert [m.name.tag for m in experiment.metric_infos] == [tag for tag, _ in tb.HPARAM_METRICS]
     assert {h.name for h in experiment.hparam_infos} == set(session.hparams)
@@ -275,6 +277,21 @@ def test_export_refuses_bad_targets(store, tmp_path):
         tb.export(store, theirs)
     assert str(theirs) in str(e.value)
     assert (theirs / tb.PROJECTOR_CONFIG).read_text().startswith("embeddings { tensor_name: \"word_vectors\"")
+
+
+def test_run_without_explanations_exports_the_rest(tiny, tmp_path):
+    from audit.runner import AuditOptions, run_audit
+
+    out = run_audit(tiny["model"], tiny["data"], tmp_path / "store", annotations=tiny["annotations"],
+                    options=AuditOptions(explain=(), bootstrap=0, tensorboard=False), progress=False)
+    assert not (out / "tensorboard").exists()
+    logdir = tb.export(out)
+    assert logdir == out / "tensorboard"
+    events = read_events(logdir)
+    assert set(events) == {"scalars", "pr_curves", "text", "hparams"}
+    assert "metrics/balanced_accuracy" in events["scalars"]
+    assert "metrics/balanced_accuracy/ci_low" not in events["scalars"]  # no bootstrap, no interval
+    assert (logdir / tb.PROJECTOR_CONFIG).is_file()
 
 
 # -- a real TensorBoard ---------------------------------------------------------------------------

@@ -111,7 +111,7 @@ explained_a, explained_b = set(store_cache.explained(run_a).tolist()), set(store
 for r in rows.iloc[(page - 1) * PER_PAGE: page * PER_PAGE].to_dict("records"):
     i = int(r["index"])
     with st.container(border=True):
-        left, mid, right = st.columns([2, 2, 3])
+        left, mid, right = st.columns([1, 1, 2])
         for col, run, side, explained in ((left, run_a, "a", explained_a), (mid, run_b, "b", explained_b)):
             col.image(store_cache.picture(run, i, method, alpha), width="stretch",
                       caption=f"{side.upper()}: {r['pred_' + side]} ({r['confidence_' + side]:.0%})"

@@ -68,7 +68,7 @@ with right:
     p = b.selectbox("Predicted class", range(len(names)), index=min(1, len(names) - 1),
                     format_func=names.__getitem__, key="ov_pred")
     count = matrix[t][p] if matrix else 0
-    if c.button(f"Show these {count} examples", key="ov_open_cell"):
+    if c.button(f"Show {count} examples", key="ov_open_cell"):
         links.open_gallery(true=[t], pred=[p])
 
 st.subheader("Flagged slices")

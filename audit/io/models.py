@@ -161,8 +161,10 @@ class LoadedModel:
     def spatial_layers(self) -> list[tuple[str, Any]]:
         """Layers with a 4-D (batch, height, width, channels) output, in model order."""
         out = []
+        import keras
+
         for name, layer in self.layers():
-            if hasattr(layer, "layers"):
+            if hasattr(layer, "layers") or isinstance(layer, keras.layers.InputLayer):
                 continue
             try:
                 shape = layer.output.shape

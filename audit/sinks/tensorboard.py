@@ -375,14 +375,14 @@ def _hparam_value(value):
     if isinstance(value, (bool, int, float, str)):
         return value
     if value is None:
-        return "none"
+        return "null"  # as manifest.json records it
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return str(value)
 
 
 def hparam_values(run: Reader) -> dict[str, bool | int | float | str]:
-    """The run described as hyperparameters: model, data and every recorded option."""
+    """The run described as hyperparameters: model, data, the explainers run and every recorded option."""
     model = run.model_info
     values = {
         "model": str(model.get("name", "")),
@@ -392,6 +392,9 @@ def hparam_values(run: Reader) -> dict[str, bool | int | float | str]:
         "dataset": str(run.manifest.get("dataset", {}).get("source", "")),
         "num_examples": run.num_examples,
     }
+    explained = run.manifest.get("explained") or {}
+    methods = list(explained.get("methods", [])) + (["activations"] if explained.get("activation_layers") else [])
+    values["explained"] = ",".join(methods) or "none"
     for key, value in sorted(run.options.items()):
         if key not in ("class_names", "tensorboard"):
             values[f"option/{key}"] = _hparam_value(value)
