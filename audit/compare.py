@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 
 from audit.errors import AuditError, StoreError
-from audit.metrics import to_json
 from audit.metrics.classification import mean_recall
 from audit.metrics.intervals import bootstrap_statistic, percentile_interval, rng_for
 from audit.metrics.slices import slice_columns
@@ -223,7 +222,7 @@ def compare_runs(store_a: Path, store_b: Path, *, bootstrap: int = 1000, seed: i
         + [f"{s['column']} = {s['value']}" for s in slices if s["winner"] == side]
         for side in ("a", "b")
     }
-    return to_json({
+    return schema.to_json({
         "a": {"path": str(a.path), "model": a.model_info.get("name")},
         "b": {"path": str(b.path), "model": b.model_info.get("name")},
         "num_examples": len(y),

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from audit.errors import AuditError, DataError, ModelError
-from audit.progress import bar, console
+from audit.progress import bar
 from audit.store import schema
 from audit.store.writer import StoreWriter, save_npy
 

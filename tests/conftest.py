@@ -35,7 +35,6 @@ def brightness_model(head: str = "softmax", *, kind: str = "functional", channel
     import keras
     from keras import layers
 
-    centres = np.array([40.0, 128.0, 215.0])
     inp = keras.Input((SIZE, SIZE, channels))
     conv = layers.Conv2D(2, 1, name="conv", activation=None)
     pool = layers.GlobalAveragePooling2D(name="gap")

@@ -45,7 +45,7 @@ def bad_models(tmp_path_factory):
 
 
 def test_user_mistakes_exit_2_with_one_line(tiny, bad_models, tmp_path, capsys):
-    m, d, a = str(tiny["model"]), str(tiny["data"]), str(tiny["annotations"])
+    m, d = str(tiny["model"]), str(tiny["data"])
     out = str(tmp_path / "out")
     cases = [
         ((str(tmp_path / "nope.keras"), d), ["nope.keras", "does not exist"]),

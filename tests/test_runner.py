@@ -18,7 +18,7 @@ from audit.io.data import Dataset
 from audit.runner import AuditOptions, run_audit
 from audit.store import schema
 from audit.store.reader import Reader
-from conftest import CLASSES, REPO, SAMPLES, SIZE, brightness_images, brightness_model
+from conftest import CLASSES, SAMPLES, SIZE, brightness_images, brightness_model
 from test_io_models import _expected_probs
 
 FAST = dict(bootstrap=50, tensorboard=False)

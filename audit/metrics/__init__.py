@@ -57,7 +57,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from numbers import Integral
 
 import numpy as np
@@ -74,27 +73,7 @@ from audit.store import schema
 
 METRICS_VERSION = 1
 
-__all__ = ["compute_metrics", "worst_slices", "to_json", "METRICS_VERSION"]
-
-
-def to_json(value):
-    """``value`` with numpy types made plain and NaN / infinity made ``None``."""
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_json(value.tolist())
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, Integral):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
+__all__ = ["compute_metrics", "worst_slices", "METRICS_VERSION"]
 
 
 def _option(name: str, value, minimum: int) -> int:
@@ -163,4 +142,4 @@ def compute_metrics(
     )
     metrics["thresholds"] = threshold_metrics(p, singles, notes)
     metrics["notes"] = notes
-    return to_json(metrics)
+    return schema.to_json(metrics)

@@ -22,6 +22,11 @@ Layout of ``OUT/``::
 
 from __future__ import annotations
 
+import math
+from numbers import Integral
+
+import numpy as np
+
 SCHEMA_VERSION = 1
 
 MANIFEST = "manifest.json"
@@ -82,3 +87,24 @@ def is_store(path) -> bool:
     from pathlib import Path
 
     return (Path(path) / MANIFEST).is_file()
+
+
+# JSON files of the store hold plain numbers, with NaN and infinity as null.
+def to_json(value):
+    """``value`` with numpy types made plain and NaN / infinity made ``None``."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_json(value.tolist())
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value

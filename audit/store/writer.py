@@ -11,7 +11,6 @@ how far each phase got; a resumed run continues from there.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -30,23 +29,6 @@ os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
 
 
-def _jsonable(obj: Any):
-    """JSON with NaN/inf as null and numpy scalars as Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -63,7 +45,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(_jsonable(obj), indent=1, allow_nan=False).encode())
+    atomic_write_bytes(path, json.dumps(schema.to_json(obj), indent=1, allow_nan=False).encode())
 
 
 def write_parquet(path: Path, frame) -> None:
