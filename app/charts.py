@@ -50,7 +50,8 @@ def slice_accuracy(rows: pd.DataFrame, overall: float) -> alt.LayerChart:
     pick = alt.selection_point(name=PICK, fields=["value"], on="click")
     colours = alt.Scale(domain=["worse than the rest", "better than the rest", "no significant gap", "too small"],
                         range=[WORSE, BETTER, NEUTRAL, SMALL])
-    x = alt.X("value:N", sort=None, title=None, axis=alt.Axis(labelAngle=-30, labelLimit=180))
+    x = alt.X("value:N", sort=None, title=None,
+              axis=alt.Axis(labelAngle=-30 if len(rows) <= 6 else -45, labelLimit=180, labelOverlap=False))
     bars = alt.Chart(data).mark_bar().encode(
         x=x,
         y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy (95% interval)"),

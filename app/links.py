@@ -35,7 +35,7 @@ GALLERY_DEFAULTS = {
     "g_page": 1,
 }
 KEPT = (*GALLERY_DEFAULTS, "ex_index", "ex_layer", "ex_alpha", "sl_annotation", "sl_pair", "cv_class",
-        "cv_threshold", "cv_slice_column", "cmp_sort")
+        "cv_threshold", "cv_slice_column")
 
 REQUEST = "_gallery_request"
 EXAMPLE_INDEX = "ex_index"
@@ -66,6 +66,7 @@ def apply_gallery_request() -> dict | None:
     request = st.session_state.pop(REQUEST, None)
     if request is None:
         return None
+    # How to look (heatmap, opacity, page size, order) is the user's preference, not part of the selection.
     keep = {"g_method", "g_alpha", "g_page_size", "g_sort"}
     for key, default in GALLERY_DEFAULTS.items():
         if key not in keep:

@@ -19,11 +19,12 @@ if str(_HERE) not in sys.path:
     # the pages import their helpers from here either way.
     sys.path.insert(0, str(_HERE))
 
-import streamlit as st  # noqa: E402
+import links
+import store_cache
+import streamlit as st
 
-import links  # noqa: E402
-import store_cache  # noqa: E402
-from audit.errors import StoreError  # noqa: E402
+from audit.errors import StoreError
+
 
 def stores_from_argv(argv: list[str]) -> list[str]:
     """Runs given after ``--`` on the command line.

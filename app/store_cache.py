@@ -39,23 +39,22 @@ class RunRef:
     mtime: float
     name: str
 
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({Path(self.path).name})"
-
 
 def open_run(path: str | Path) -> RunRef:
     """Validate the store at ``path`` and return a reference to it.
 
     Raises:
-        StoreError: missing, not a store, incomplete, or of a newer schema.
+        StoreError: missing, not a store, incomplete, of a newer schema, or unreadable.
     """
     reader = Reader(Path(path).expanduser().resolve())
     name = str(reader.manifest.get("model", {}).get("name") or reader.path.name)
     ref = RunRef(str(reader.path), reader.mtime, name)
-    # Fail here, with the reader's message, rather than on the first page that needs them.
-    _predictions(ref.path, ref.mtime)
-    _metrics(ref.path, ref.mtime)
+    # Fail here, with a message, rather than with a traceback on the first page that needs them.
+    for file, read in ((schema.PREDICTIONS, _predictions), (schema.METRICS, _metrics)):
+        try:
+            read(ref.path, ref.mtime)
+        except (OSError, ValueError) as e:  # unreadable parquet (ArrowInvalid) or JSON
+            raise StoreError(f"{file} cannot be read ({type(e).__name__}: {e}); rerun the audit", ref.path) from None
     return ref
 
 
@@ -235,10 +234,11 @@ def _activation_view(path: str, mtime: float, layer: str, index: int, max_channe
     cols = int(np.ceil(np.sqrt(shown)))
     rows = int(np.ceil(shown / cols))
     h, w = acts.shape[:2]
-    # Each channel scaled to its own max so weak channels are still readable; the
-    # table beside the grid gives the absolute values.
-    peak = acts.reshape(-1, channels).max(0)
-    scaled = np.where(peak > 0, acts / np.where(peak > 0, peak, 1), 0)
+    # Each channel stretched over its own range so weak channels are still
+    # readable; the table beside the grid gives the absolute values.
+    flat = acts.reshape(-1, channels)
+    lo, span = flat.min(0), np.ptp(flat, axis=0)
+    scaled = np.where(span > 0, (acts - lo) / np.where(span > 0, span, 1), 0)
     pad = 1
     grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad), np.float32) * np.nan
     for c in range(shown):
@@ -247,7 +247,6 @@ def _activation_view(path: str, mtime: float, layer: str, index: int, max_channe
     rgb = colormaps["viridis"](np.nan_to_num(grid, nan=0.0))[..., :3]
     rgb[np.isnan(grid)] = 1.0
     mosaic = _enlarge(np.round(rgb * 255).astype(np.uint8), 512)
-    flat = acts.reshape(-1, channels)
     stats = pd.DataFrame({
         "channel": np.arange(channels),
         "mean": flat.mean(0),

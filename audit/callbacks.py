@@ -293,13 +293,7 @@ class AuditCallback(keras.callbacks.Callback):
 
     def trace_counts(self) -> dict[str, int]:
         """How often each compiled function of the model was traced (stays put across epochs)."""
-        if self._state is None:
-            return {}
-        return {
-            "/".join(map(str, key)): int(fn.experimental_get_tracing_count())
-            for key, fn in self._state.loaded._compiled.items()
-            if hasattr(fn, "experimental_get_tracing_count")
-        }
+        return {} if self._state is None else self._state.loaded.trace_counts()
 
     def close(self) -> None:
         """Close the summary writer (a later audit opens a new one)."""
@@ -326,6 +320,7 @@ class AuditCallback(keras.callbacks.Callback):
         if self.model is None:
             raise AuditError("AuditCallback has no model; pass it to model.fit(callbacks=[...]) first")
         from audit.explain import EXPLAINERS, Activations, as_model
+        from audit.explain.occlusion import default_patch
 
         loaded = as_model(self.model)
         names = self.class_names or [str(k) for k in range(loaded.num_classes)]
@@ -337,8 +332,7 @@ class AuditCallback(keras.callbacks.Callback):
         if "images" in self.summaries:
             for method in self.explainers:
                 if method == "occlusion":
-                    h, w = loaded.input_shape[:2]
-                    patch = self.occlusion_patch or max(2, min(h, w) // 8)
+                    patch = self.occlusion_patch or default_patch(loaded.input_shape)
                     state.explainers[method] = EXPLAINERS[method](loaded, patch_size=patch)
                 else:
                     state.explainers[method] = EXPLAINERS[method](loaded, layer=self.layer)

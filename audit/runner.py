@@ -268,6 +268,7 @@ class _Run:
     # -- phase 2 --------------------------------------------------------------------------
     def explain(self, predictions) -> dict:
         from audit.explain import EXPLAINERS, Activations, quality
+        from audit.explain.occlusion import default_patch
 
         methods = [m for m in self.methods if m != "activations"]
         want_acts = "activations" in self.methods
@@ -286,8 +287,7 @@ class _Run:
         explainers = {}
         for m in methods:
             if m == "occlusion":
-                h, w_ = self.model.input_shape[:2]
-                patch = self.options.occlusion_patch or max(2, min(h, w_) // 8)
+                patch = self.options.occlusion_patch or default_patch(self.model.input_shape)
                 explainers[m] = EXPLAINERS[m](self.model, patch_size=patch)
             else:
                 explainers[m] = EXPLAINERS[m](self.model, layer=layer)
@@ -401,10 +401,7 @@ def run_audit(
     quality = run.explain(predictions)
     run.finish(predictions, quality)
     if options.tensorboard:
-        try:
-            from audit.sinks.tensorboard import export
-        except ImportError:
-            export = None
-        if export is not None:
-            export(run.writer.out)
+        from audit.sinks.tensorboard import export
+
+        export(run.writer.out)
     return run.writer.out

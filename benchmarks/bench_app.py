@@ -69,9 +69,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="warm sessions to take the median of")
     args = parser.parse_args()
 
+    import app_stores
     import numpy as np
 
-    import app_stores
     from audit.store import schema
 
     store = args.store or Path(tempfile.mkdtemp(prefix="bench_app_")) / "run"
@@ -85,6 +85,7 @@ def main() -> None:
     example = int(np.load(store / schema.HEATMAP_INDEX)[0])
 
     import streamlit  # noqa: F401  (imports are not what a page costs)
+
     import audit.metrics.slices  # noqa: F401
 
     cold = session(store, example)

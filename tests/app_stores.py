@@ -270,7 +270,7 @@ def variant_store(source: str | Path, out: str | Path, *, seed: int = 1, name: s
 
 
 def broken_stores(root: str | Path, complete_store: str | Path) -> dict[str, Path]:
-    """Stores the app must refuse with a message: missing, not a store, incomplete, newer schema."""
+    """Stores the app must refuse with a message: missing, not a store, incomplete, newer schema, corrupt."""
     root = Path(root)
     made = {"missing": root / "no_such_run"}
     made["not_a_store"] = root / "holiday_photos"
@@ -284,6 +284,11 @@ def broken_stores(root: str | Path, complete_store: str | Path) -> dict[str, Pat
         manifest = json.loads((target / schema.MANIFEST).read_text())
         (target / schema.MANIFEST).write_text(json.dumps({**manifest, **change}))
         made[kind] = target
+    made["corrupt"] = root / "corrupt"
+    if made["corrupt"].exists():
+        shutil.rmtree(made["corrupt"])
+    shutil.copytree(complete_store, made["corrupt"])
+    (made["corrupt"] / schema.PREDICTIONS).write_bytes(b"PAR1 this is not parquet")
     return made
 
 

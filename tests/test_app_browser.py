@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import app_stores  # noqa: E402
+import app_stores
 
-from audit.store import schema  # noqa: E402
+from audit.store import schema
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -59,16 +59,15 @@ def server(store, tmp_path_factory):
     if cli is None:
         pytest.fail("the keras-audit command is not on PATH; install the package (pip install -e '.[test]')")
     port = _free_port()
-    tmp_path = tmp_path_factory.mktemp("server")
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([cli, "app", str(store), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([cli, "app", str(store), "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while not _healthy(port):
             if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
                 pytest.fail(f"keras-audit app did not come up on port {port} (exit {proc.poll()}):\n"
-                            + (tmp_path / "server.log").read_text()[-3000:])
+                            + log.read_text()[-3000:])
             time.sleep(0.5)
         yield port
     finally:
@@ -78,7 +77,6 @@ def server(store, tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-        log.close()
     # The launcher passes the signal on: nothing may keep serving the port.
     deadline = time.monotonic() + 20
     while _healthy(port) and time.monotonic() < deadline:

@@ -83,15 +83,18 @@ def test_tags_steps_and_values_from_event_files(tmp_path):
         assert curve[0, 100] == np.sum((yv == k) & (probs[:, k] >= 0.5))
         assert curve[1, 100] == np.sum((yv != k) & (probs[:, k] >= 0.5))
 
-    # The fixed sample: the first two validation images of each class, in order.
+    # The fixed sample: the first two validation images of each class, in class order. Maps
+    # are recomputed on that same batch: min-max normalising a nearly flat map magnifies the
+    # last-bit differences another batch shape could bring.
+    fixed = np.concatenate([np.flatnonzero(yv == k)[:2] for k in range(len(CLASSES))])
     patch = max(2, SIZE // 8)
     explainers = {"gradcam": GradCAM(model), "occlusion": OcclusionSensitivity(model, patch_size=patch)}
     for method, explainer in explainers.items():
+        all_maps = explainer(xv[fixed])
         for k, name in enumerate(CLASSES):
-            rows = np.flatnonzero(yv == k)[:2]
             pngs = events["images"][f"{method}/{name}"][-1][1][2:]
             assert len(pngs) == 2
-            maps = explainer(xv[rows])
+            rows, maps = fixed[2 * k : 2 * k + 2], all_maps[2 * k : 2 * k + 2]
             for png, row, heatmap in zip(pngs, rows, maps):
                 image = decode_png(png)
                 assert tuple(image[0, 0]) == (tb.CORRECT_RGB if pred[row] == yv[row] else tb.MISTAKE_RGB)

@@ -191,7 +191,7 @@ def test_compiled_once_for_repeated_calls_and_batch_sizes(images):
     again = GradCAM(loaded, layer="conv_last")  # a new explainer on the same model reuses the function
     again(images)
     assert again.trace_count == 1
-    assert len(loaded._compiled) == 1
+    assert len(loaded.compiled) == 1
 
 
 # -- degenerate maps and errors -----------------------------------------------------------

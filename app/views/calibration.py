@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import charts
 import numpy as np
 import pandas as pd
-import streamlit as st
-
-import charts
 import store_cache
+import streamlit as st
 
 run, _ = store_cache.active()
 cal = store_cache.metrics(run).get("calibration") or {}

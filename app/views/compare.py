@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
-import streamlit as st
-
 import charts
 import links
+import pandas as pd
 import store_cache
+import streamlit as st
+
 from audit.errors import StoreError
 
 PER_PAGE = 8

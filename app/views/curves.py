@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import charts
 import numpy as np
+import operating_point
 import pandas as pd
+import store_cache
 import streamlit as st
 
-import charts
-import operating_point
-import store_cache
+from audit.errors import StoreError
 from audit.store import schema
 
 run, _ = store_cache.active()
@@ -103,7 +104,12 @@ if slice_names:
         st.session_state.cv_slice_column = slice_names[0]
     name = st.selectbox("Annotation", slice_names, key="cv_slice_column")
     column = next(c for c in store_cache.slice_columns(run) if c["column"] == name)
-    table = operating_point.per_slice(score, truth, store_cache.slice_labels(run, name), column["values"], threshold)
+    try:
+        labels = store_cache.slice_labels(run, name)
+    except StoreError as e:
+        st.error(str(e))
+        st.stop()
+    table = operating_point.per_slice(score, truth, labels, column["values"], threshold)
     st.dataframe(table[["value", "n", "positives", "precision", "recall", "f1", "tp", "fp", "fn", "tn"]],
                  hide_index=True, width="stretch", key="cv_slices",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("precision", "recall", "f1")})

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import pandas as pd
-import streamlit as st
-
 import charts
 import links
+import pandas as pd
 import store_cache
+import streamlit as st
+
 from audit.store import schema
 
 run, _ = store_cache.active()
@@ -109,7 +109,7 @@ else:
     h, w, channels = shape
     left, right = st.columns([3, 2])
     left.image(mosaic, width="stretch",
-               caption=f"{layer}: {shown} of {channels} channels ({h}×{w}), each scaled to its own maximum")
+               caption=f"{layer}: {shown} of {channels} channels ({h}×{w}), each stretched over its own range")
     with right:
         st.altair_chart(charts.channel_stats(stats), width="stretch", key="ex_channel_chart")
         st.caption("Bars: this example's mean per channel; red ticks: the mean over the whole dataset.")

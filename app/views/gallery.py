@@ -6,13 +6,15 @@ first page of a 10k-example run costs the same as that of a small one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-
-import streamlit as st
 
 import example_filter
 import links
 import store_cache
+import streamlit as st
+
+from audit.errors import StoreError
 
 COLUMNS = 6
 
@@ -23,9 +25,12 @@ methods = store_cache.heatmap_methods(run)
 explained = store_cache.explained(run)
 slice_columns = store_cache.slice_columns(run)
 
-request = links.apply_gallery_request()
+links.apply_gallery_request()
 for key, default in links.GALLERY_DEFAULTS.items():
     st.session_state.setdefault(key, default)
+# Choices kept from another run (picked in the sidebar) may not exist in this one.
+for key in ("g_true", "g_pred"):
+    st.session_state[key] = [k for k in st.session_state[key] if 0 <= k < len(names)]
 if st.session_state.g_method not in [*methods, "none"]:
     st.session_state.g_method = methods[0] if methods else "none"
 annotations = ["(any)", *[c["column"] for c in slice_columns]]
@@ -68,7 +73,13 @@ filters = example_filter.Filters(
     explained_only=st.session_state.g_explained_only,
     explained=frozenset(explained.tolist()),
 )
-labels = store_cache.slice_labels(run, column["column"]) if column and filters.values else None
+labels = None
+if column and filters.values:
+    try:
+        labels = store_cache.slice_labels(run, column["column"])
+    except StoreError as e:
+        st.error(f"The annotation filter is ignored: {e}")
+        filters = dataclasses.replace(filters, values=())
 shown = example_filter.select(frame, filters, labels, sort=st.session_state.g_sort)
 st.session_state[links.GALLERY_ORDER] = shown.tolist()
 

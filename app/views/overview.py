@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pandas as pd
-import streamlit as st
-
 import charts
 import links
+import pandas as pd
 import store_cache
+import streamlit as st
 
 
 def _ci(ci) -> str:
@@ -63,10 +62,12 @@ with right:
     if picked:
         cell = picked[0]
         links.open_gallery(true=[names.index(cell["true"])], pred=[names.index(cell["pred"])])
+    # Start on the most frequent confusion: the cell most worth opening.
+    off = [(c, t, p) for t, row in enumerate(matrix) for p, c in enumerate(row) if t != p]
+    _, top_t, top_p = max(off) if off else (0, 0, 0)
     a, b, c = st.columns([2, 2, 2], vertical_alignment="bottom")
-    t = a.selectbox("True class", range(len(names)), format_func=names.__getitem__, key="ov_true")
-    p = b.selectbox("Predicted class", range(len(names)), index=min(1, len(names) - 1),
-                    format_func=names.__getitem__, key="ov_pred")
+    t = a.selectbox("True class", range(len(names)), index=top_t, format_func=names.__getitem__, key="ov_true")
+    p = b.selectbox("Predicted class", range(len(names)), index=top_p, format_func=names.__getitem__, key="ov_pred")
     count = matrix[t][p] if matrix else 0
     if c.button(f"Show {count} examples", key="ov_open_cell"):
         links.open_gallery(true=[t], pred=[p])
@@ -96,9 +97,10 @@ else:
         table = shown[["column", "value", "n", "accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "gap",
                        "gap_ci_lo", "gap_ci_hi"]]
         st.dataframe(table, hide_index=True, width="stretch", key="ov_flagged",
-                     column_config={k: st.column_config.NumberColumn(format="%.3f")
-                                    for k in ("accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "gap", "gap_ci_lo",
-                                              "gap_ci_hi")})
+                     column_config={"value": st.column_config.TextColumn(width="medium"),
+                                    **{k: st.column_config.NumberColumn(format="%.3f")
+                                       for k in ("accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "gap", "gap_ci_lo",
+                                                 "gap_ci_hi")}})
         options = list(zip(shown["column"], shown["value"]))
         a, b = st.columns([4, 1], vertical_alignment="bottom")
         choice = a.selectbox("Slice", range(len(options)), key="ov_slice",

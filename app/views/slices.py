@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import streamlit as st
-
 import charts
 import links
 import store_cache
+import streamlit as st
 
 run, _ = store_cache.active()
 m = store_cache.metrics(run)
@@ -82,14 +81,17 @@ if picked:
 table_columns = ["value", "n", "accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "gap", "gap_ci_lo", "gap_ci_hi",
                  "flagged", "too_small"] + (["below_parents"] if "below_parents" in rows else [])
 st.dataframe(rows[table_columns], hide_index=True, width="stretch", key="sl_table",
-             column_config={k: st.column_config.NumberColumn(format="%.3f")
-                            for k in ("accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "gap", "gap_ci_lo", "gap_ci_hi")})
+             column_config={"value": st.column_config.TextColumn(width="large"),
+                            **{k: st.column_config.NumberColumn(format="%.3f")
+                               for k in ("accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "gap", "gap_ci_lo",
+                                         "gap_ci_hi")}})
 
 a, b = st.columns([4, 1], vertical_alignment="bottom")
 values = rows["value"].tolist()
 sizes = dict(zip(rows["value"], rows["n"]))
 if st.session_state.get("sl_value") not in values:
-    st.session_state.pop("sl_value", None)
+    # Set, not dropped: only a value set here is pushed to the browser's widget.
+    st.session_state.sl_value = values[0]
 value = a.selectbox("Slice", values, key="sl_value", format_func=lambda v: f"{v} ({sizes[v]} examples)")
 if b.button("Show its examples", key="sl_open"):
     links.open_gallery(annotation=name, values=[value])

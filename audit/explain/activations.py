@@ -66,7 +66,7 @@ class Activations:
 
     def _traced(self, reduce: bool) -> Callable:
         key = ("audit.explain", "activations", reduce, tuple(self.names))
-        cached = self.model._compiled.get(key)
+        cached = self.model.compiled.get(key)
         if cached is not None:
             return cached
         import tensorflow as tf
@@ -103,7 +103,7 @@ class Activations:
             input_signature=[tf.TensorSpec((None, *self.model.input_shape), tf.float32)],
             autograph=False,
         )
-        self.model._compiled[key] = fn
+        self.model.compiled[key] = fn
         return fn
 
     def __call__(self, images) -> dict[str, np.ndarray]:

@@ -342,7 +342,7 @@ class LayerCAM(Explainer):
 
     def _function(self) -> Callable:
         key = ("audit.explain", type(self).__name__, self.layer_name)
-        cached = self.model._compiled.get(key)
+        cached = self.model.compiled.get(key)
         if cached is not None:
             return cached
         import tensorflow as tf
@@ -387,7 +387,7 @@ class LayerCAM(Explainer):
             input_signature=[tf.TensorSpec(shape, tf.float32), tf.TensorSpec((None,), tf.int32)],
             autograph=False,
         )
-        self.model._compiled[key] = fn
+        self.model.compiled[key] = fn
         return fn
 
     def _explain_batch(self, x, targets):

@@ -28,6 +28,11 @@ def patch_starts(length: int, patch: int, stride: int) -> np.ndarray:
     return np.asarray(starts, np.int32)
 
 
+def default_patch(input_shape) -> int:
+    """Patch side used when none is given: about 1/8 of the shorter image side."""
+    return max(2, min(input_shape[:2]) // 8)
+
+
 class OcclusionSensitivity(Explainer):
     """Occlusion sensitivity (Zeiler & Fergus, 2014), batched through one compiled forward.
 
@@ -111,7 +116,7 @@ class OcclusionSensitivity(Explainer):
 
     def _function(self) -> Callable:
         key = ("audit.explain", "occlusion")
-        cached = self.model._compiled.get(key)
+        cached = self.model.compiled.get(key)
         if cached is not None:
             return cached
         import tensorflow as tf
@@ -153,7 +158,7 @@ class OcclusionSensitivity(Explainer):
             ],
             autograph=False,
         )
-        model._compiled[key] = fn
+        model.compiled[key] = fn
         return fn
 
     @property

@@ -22,7 +22,7 @@ def _resized(maps: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def _curve_function(model) -> Callable:
     key = ("audit.explain", "deletion_insertion")
-    cached = model._compiled.get(key)
+    cached = model.compiled.get(key)
     if cached is not None:
         return cached
     import tensorflow as tf
@@ -57,7 +57,7 @@ def _curve_function(model) -> Callable:
         ],
         autograph=False,
     )
-    model._compiled[key] = fn
+    model.compiled[key] = fn
     return fn
 
 

@@ -117,7 +117,9 @@ class LoadedModel:
     keras_model: Any = None  # None for a SavedModel
     _call: Callable | None = field(default=None, repr=False)
     _owner: Any = field(default=None, repr=False)  # keeps a SavedModel's variables alive
-    _compiled: dict = field(default_factory=dict, repr=False)
+    # Compiled functions keyed by (owner, name, ...): every explainer built on this model
+    # reuses its tf.function instead of tracing a new one per instance or batch.
+    compiled: dict = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -204,7 +206,7 @@ class LoadedModel:
     def predict_fn(self, embeddings: bool = False) -> Callable:
         """A compiled ``x -> probs`` (or ``x -> (probs, penultimate features)``), built once."""
         key = ("predict", embeddings)
-        if key not in self._compiled:
+        if key not in self.compiled:
             import tensorflow as tf
 
             if embeddings and self.has_layers:
@@ -222,8 +224,16 @@ class LoadedModel:
                 def fn(x):
                     return self.to_probs(self.raw_output(x))
 
-            self._compiled[key] = tf.function(fn, reduce_retracing=True)
-        return self._compiled[key]
+            self.compiled[key] = tf.function(fn, reduce_retracing=True)
+        return self.compiled[key]
+
+    def trace_counts(self) -> dict[str, int]:
+        """How often each compiled function was traced; constant across calls of one input shape."""
+        return {
+            "/".join(map(str, key if isinstance(key, tuple) else (key,))): int(fn.experimental_get_tracing_count())
+            for key, fn in self.compiled.items()
+            if hasattr(fn, "experimental_get_tracing_count")
+        }
 
     def predict(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Class probabilities (N, C) for a preprocessed batch, in chunks."""

@@ -228,7 +228,7 @@ def _headline(metrics: dict) -> Block:
     return Block("table", headers=["metric", "value", "95% CI"], rows=rows)
 
 
-def _slice_sections(metrics: dict) -> list[Block]:
+def _slice_sections(metrics: dict, draw: bool) -> list[Block]:
     slices = metrics.get("slices")
     if not slices:
         return []
@@ -247,7 +247,7 @@ def _slice_sections(metrics: dict) -> list[Block]:
                    _with_ci(r["gap"], r["gap_ci"], signed=True), "too small" if r["too_small"] else ""]
                   for i, r in enumerate(worst)],
         ))
-        picture = slices_picture(worst, metrics.get("accuracy"))
+        picture = slices_picture(worst, metrics.get("accuracy")) if draw else None
         if picture:
             blocks.append(Block("pictures", pictures=[picture]))
     elif not slices.get("columns"):
@@ -303,9 +303,9 @@ def _slice_sections(metrics: dict) -> list[Block]:
     return blocks
 
 
-def _model_sections(metrics: dict) -> list[Block]:
+def _model_sections(metrics: dict, draw: bool) -> list[Block]:
     blocks = [Block("heading", "Curves and calibration")]
-    pictures = [p for p in (curves_picture(metrics), reliability_picture(metrics)) if p]
+    pictures = [p for p in (curves_picture(metrics), reliability_picture(metrics)) if p] if draw else []
     if pictures:
         blocks.append(Block("pictures", pictures=pictures))
     per_class = metrics.get("per_class") or []
@@ -316,7 +316,7 @@ def _model_sections(metrics: dict) -> list[Block]:
             rows=[[c["class"], _num(c["precision"]), _num(c["recall"]), _num(c["f1"]), str(c["support"])]
                   for c in per_class],
         ))
-    picture = confusion_picture(metrics)
+    picture = confusion_picture(metrics) if draw else None
     if picture:
         blocks.append(Block("pictures", pictures=[picture]))
     return blocks
@@ -377,7 +377,7 @@ def _explanation_sections(metrics: dict) -> list[Block]:
     ]
 
 
-def _mistake_sections(run: Reader) -> list[Block]:
+def _mistake_sections(run: Reader, draw: bool) -> list[Block]:
     frame = run.predictions
     wrong = frame[~frame["correct"].astype(bool)].sort_values("confidence", ascending=False, kind="stable")
     if wrong.empty:
@@ -391,8 +391,9 @@ def _mistake_sections(run: Reader) -> list[Block]:
         has_images = True
     except StoreError:
         has_images = False
-    if not has_images:
-        blocks.append(Block("text", "The run stored no images; the mistakes are listed without pictures."))
+    if not (has_images and draw):
+        if not has_images:
+            blocks.append(Block("text", "The run stored no images; the mistakes are listed without pictures."))
         blocks.append(Block(
             "table", headers=["example", "path", "true", "predicted", "confidence"],
             rows=[[str(r["index"]), str(r["path"]), names[int(r["label"])], names[int(r["pred"])],
@@ -416,8 +417,8 @@ def _mistake_sections(run: Reader) -> list[Block]:
     return blocks
 
 
-def build_report(run: Reader) -> tuple[str, list[Block]]:
-    """Title and content of the report of ``run``."""
+def build_report(run: Reader, *, pictures: bool = True) -> tuple[str, list[Block]]:
+    """Title and content of the report of ``run``; ``pictures=False`` skips drawing them (text-only views)."""
     metrics = run.metrics
     model = run.model_info
     title = f"keras-audit report: {model.get('name', 'model')}"
@@ -434,11 +435,11 @@ def build_report(run: Reader) -> tuple[str, list[Block]]:
     if run.manifest.get("finished_at"):
         about += f" Finished {run.manifest['finished_at']}."
     blocks = [Block("text", about), Block("heading", "Headline"), _headline(metrics)]
-    blocks += _slice_sections(metrics)
-    blocks += _model_sections(metrics)
+    blocks += _slice_sections(metrics, pictures)
+    blocks += _model_sections(metrics, pictures)
     blocks += _threshold_sections(metrics)
     blocks += _explanation_sections(metrics)
-    blocks += _mistake_sections(run)
+    blocks += _mistake_sections(run, pictures)
     notes = list(dict.fromkeys([*run.manifest.get("notes", []), *metrics.get("notes", [])]))
     if notes:
         blocks += [Block("heading", "Notes"), Block("bullets", items=notes)]

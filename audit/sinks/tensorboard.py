@@ -361,7 +361,7 @@ def report_markdown(run: Reader) -> str:
     the pictures' content is in the other dashboards)."""
     from audit.sinks.report import build_report, render_markdown
 
-    title, blocks = build_report(run)
+    title, blocks = build_report(run, pictures=False)
     text, _ = render_markdown(title, [b for b in blocks if b.kind != "pictures"], "")
     return text
 
