@@ -81,7 +81,7 @@ if picked:
 table_columns = ["value", "n", "accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "gap", "gap_ci_lo", "gap_ci_hi",
                  "flagged", "too_small"] + (["below_parents"] if "below_parents" in rows else [])
 st.dataframe(rows[table_columns], hide_index=True, width="stretch", key="sl_table",
-             column_config={"value": st.column_config.TextColumn(width="large"),
+             column_config={"value": st.column_config.TextColumn(width="medium"),
                             **{k: st.column_config.NumberColumn(format="%.3f")
                                for k in ("accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "gap", "gap_ci_lo",
                                          "gap_ci_hi")}})
