@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -67,13 +66,18 @@ def audit_pass(data: Path, batch: int) -> float:
 
 
 def peak_rss_mb(data: Path) -> float:
+    """Peak RSS of a whole `keras-audit run` (predictions only), in a fresh process of its own."""
+    code = (
+        "import resource, sys; from audit.cli import main; code = main(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)"
+    )
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run(
-            [sys.executable, "-m", "audit.cli", "run", str(MODEL), str(data), "--out", f"{out}/o", "--explain", "none",
+        done = subprocess.run(
+            [sys.executable, "-c", code, "run", str(MODEL), str(data), "--out", f"{out}/o", "--explain", "none",
              "--bootstrap", "100", "--no-tensorboard", "--quiet"],
-            check=True, capture_output=True,
+            check=True, capture_output=True, text=True,
         )
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return int(done.stdout.strip().splitlines()[-1]) / 1024
 
 
 def main() -> None:
@@ -90,7 +94,6 @@ def main() -> None:
         print(f"images: {args.n} (64x64x3 PNG), batch {args.batch}")
         print(f"bare compiled model(x) on decoded arrays: {bare:8.0f} img/s")
         print(f"audit prediction pass (decode+resize+write): {ours:8.0f} img/s   ratio {ours / bare:.2f}x")
-        # ru_maxrss of children is a running maximum, so measure the small run first.
         sizes = [int(s) for s in args.mem.split(",")]
         peaks = [peak_rss_mb(make_images(Path(tmp) / f"mem{n}", n)) for n in sizes]
         for n, peak in zip(sizes, peaks):

@@ -6,6 +6,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import signal
+import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +87,20 @@ def tiny(tmp_path_factory):
     model = root / "model.keras"
     brightness_model().save(model)
     return {"root": root, "data": data, "annotations": root / "ann.csv", "model": model, "x": x, "labels": labels, "paths": paths}
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a server we started, by its process id: SIGTERM, then SIGKILL if it lingers."""
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()

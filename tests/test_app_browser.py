@@ -8,10 +8,7 @@ Screenshots go to the test's tmp dir and are copied to ``/tmp/app_screens/``.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from conftest import free_port, stop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import app_stores
@@ -31,12 +30,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync"]
 SCREENS = Path("/tmp/app_screens")
 WAIT_MS = 90_000  # the cores are shared: a rerun can take tens of seconds
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _healthy(port: int) -> bool:
@@ -58,7 +51,7 @@ def server(store, tmp_path_factory):
     cli = shutil.which("keras-audit")
     if cli is None:
         pytest.fail("the keras-audit command is not on PATH; install the package (pip install -e '.[test]')")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([cli, "app", str(store), "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
@@ -71,12 +64,7 @@ def server(store, tmp_path_factory):
             time.sleep(0.5)
         yield port
     finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc, timeout=30)
     # The launcher passes the signal on: nothing may keep serving the port.
     deadline = time.monotonic() + 20
     while _healthy(port) and time.monotonic() < deadline:

@@ -13,8 +13,6 @@ import io
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +30,7 @@ from audit.metrics import worst_slices
 from audit.sinks import tensorboard as tb
 from audit.store.reader import Reader
 from audit.viz import overlay
-from conftest import CLASSES, brightness_images, brightness_model
+from conftest import CLASSES, brightness_images, brightness_model, free_port, stop
 
 N = 90
 THRESHOLD_HALF = (tb.PR_THRESHOLDS - 1) // 2  # index of threshold 0.5
@@ -295,12 +293,6 @@ def test_run_without_explanations_exports_the_rest(tiny, tmp_path):
 
 
 # -- a real TensorBoard ---------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Server:
     def __init__(self, port: int):
         self.base = f"http://127.0.0.1:{port}"
@@ -340,7 +332,7 @@ def test_real_tensorboard_serves_the_logs(store, tmp_path):
     tb.export(store, runs / "model_a")
     tb.export(store, runs / "model_b")
     run = Reader(store)
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "tensorboard.log").open("wb")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(
@@ -406,10 +398,5 @@ def test_real_tensorboard_serves_the_logs(store, tmp_path):
         sessions = {s["name"] for g in groups["sessionGroups"] for s in g["sessions"]}
         assert sessions == {"model_a", "model_b"}
     finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc, timeout=20)
         log.close()
