@@ -74,3 +74,12 @@ def test_gradcam_looks_at_the_cue_when_the_cue_decides(demo):
     area = mask.mean()
     assert np.median(mass["fooled"]) > 4 * area, mass
     assert np.median(mass["fooled"]) > 2 * np.median(mass["no_cue"])
+
+
+def test_report_shows_the_planted_bias_first(demo, tmp_path):
+    from audit.sinks.report import write_report
+
+    text = write_report(demo[0], "md", tmp_path / "report.md").read_text()
+    section = text.split("Where the model is worse", 1)[1]
+    first_row = next(line for line in section.splitlines() if line.startswith("| 1 "))
+    assert "cue_agrees = no" in first_row, first_row
