@@ -292,7 +292,7 @@ class _Run:
             else:
                 explainers[m] = EXPLAINERS[m](self.model, layer=layer)
         maps_out = {m: w.array(schema.heatmap_file(m), (k, *self.shape), np.float16) for m in methods}
-        scores = {m: w.array(f"{schema.WORK_DIR}/quality_{schema.file_stem(m)}.npy", (k, 2), np.float32) for m in methods}
+        scores = {m: w.array(f"{schema.WORK_DIR}/{_quality_file(m)}", (k, 2), np.float32) for m in methods}
         acts = Activations(self.model) if want_acts else None
         act_layers = list(w.state.get("activation_layers", []))
         done = int(w.state.get("explain_done", 0))
@@ -312,6 +312,7 @@ class _Run:
                     for name, value in acts(batch.x).items():
                         if name not in act_layers:
                             act_layers.append(name)
+                        value = _shrink_activations(value)
                         arr = w.array(schema.activation_file(name), (k, *value.shape[1:]), np.float16)
                         arr.write(value.astype(np.float16), rows)
                 w.flush()
@@ -319,10 +320,9 @@ class _Run:
                 w.save_state(explain_done=done, activation_layers=act_layers)
                 advance(len(rows))
         explained = {"methods": methods, "count": k, "activation_layers": act_layers}
-        if "gradcam" in explainers or "gradcam++" in explainers:
-            explained["layer"] = next(
-                getattr(e, "layer_name", None) for name, e in explainers.items() if name.startswith("gradcam")
-            )
+        cams = [e for name, e in explainers.items() if name.startswith("gradcam")]
+        if cams:
+            explained["layer"] = cams[0].layer_name
         if acts is not None and "activation_stats" not in w.state:
             stats = acts.stats(
                 b.x for b in self.dataset.batches(
@@ -335,7 +335,7 @@ class _Run:
             w.save_state(activation_stats=True)
         quality_summary = {}
         for m in methods:
-            q = np.asarray(w.work_array(f"quality_{schema.file_stem(m)}.npy"))
+            q = np.asarray(w.work_array(_quality_file(m)))
             quality_summary[m] = {
                 "deletion_auc": float(np.mean(q[:, 0])),
                 "insertion_auc": float(np.mean(q[:, 1])),
@@ -364,6 +364,22 @@ class _Run:
         self.manifest["notes"] = list(o.notes)
         self.manifest["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self.writer.finish(self.manifest)
+
+
+def _quality_file(method: str) -> str:
+    return f"quality_{schema.file_stem(method)}.npy"
+
+
+def _shrink_activations(value: np.ndarray) -> np.ndarray:
+    """Area-average 4-D activations down to the stored size: they are for looking at, and a
+    full-resolution early layer of a large model would take gigabytes per layer."""
+    if value.ndim != 4 or max(value.shape[1:3]) <= schema.STORED_ACTIVATION_MAX_SIDE:
+        return value
+    import tensorflow as tf
+
+    h, w = value.shape[1:3]
+    scale = schema.STORED_ACTIVATION_MAX_SIDE / max(h, w)
+    return tf.image.resize(value, (max(1, round(h * scale)), max(1, round(w * scale))), method="area").numpy()
 
 
 def _resize_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

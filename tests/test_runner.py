@@ -158,3 +158,13 @@ def test_killed_process_resumes_to_identical_results(tmp_path):
     done = subprocess.run([*args, "--out", str(tmp_path / "cut"), "--resume"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     _same_store(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_stored_activations_are_area_averaged_to_the_stored_size():
+    from audit.runner import _shrink_activations
+
+    value = np.random.default_rng(0).random((2, 64, 48, 3)).astype(np.float32)
+    blocks = value.reshape(2, 32, 2, 24, 2, 3).mean(axis=(2, 4))  # 2x2 block means: the area-average oracle
+    np.testing.assert_allclose(_shrink_activations(value), blocks, atol=1e-6)
+    small = value[:, :32, :16]
+    assert _shrink_activations(small) is small

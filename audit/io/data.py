@@ -76,10 +76,15 @@ class Dataset:
         if indices is None:
             indices = np.arange(start, self.count, dtype=np.int64)
         indices = np.asarray(indices, np.int64)
+        h, w, c = input_shape
+
+        def prepare(i, img):
+            return (i, *_preprocess(img, (h, w), c, stored_shape, rescale))
+
         if self.paths is not None:
             files = tf.constant([str(self.root / self.paths[i]) for i in indices] or [""])[: len(indices)]
             ds = tf.data.Dataset.from_tensor_slices((indices, files)).map(
-                lambda i, f: (i, _decode(f)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+                lambda i, f: prepare(i, _decode(f)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
             )
             # A corrupt file raises inside map; ignore_errors drops just that element, and the
             # gap in `index` tells us which one it was.
@@ -91,13 +96,7 @@ class Dataset:
                     tf.TensorSpec((), tf.int64),
                     tf.TensorSpec((None, None, None), tf.uint8),
                 ),
-            )
-        h, w, c = input_shape
-        ds = ds.map(
-            lambda i, img: (i, *_preprocess(img, (h, w), c, stored_shape, rescale)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
+            ).map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(batch_size).prefetch(2)
         expected = iter(indices.tolist())
         for idx, x, stored, builtin, channels in ds.as_numpy_iterator():

@@ -12,7 +12,8 @@ Layout of ``OUT/``::
                            longest side at most STORED_IMAGE_MAX_SIDE
     heatmaps/index.npy     int64 (K,): example indices that have heatmaps
     heatmaps/<method>.npy  float16 (K, h, w) in [0, 1], rows follow index.npy
-    activations/<layer>.npy  float16 (K, a, b, channels) for the same K examples
+    activations/<layer>.npy  float16 (K, a, b, channels) for the same K examples,
+                             area-averaged to at most STORED_ACTIVATION_MAX_SIDE
     activations/stats.json   per-layer, per-channel mean / max / fraction of zeros
                              over the whole dataset
     embeddings.npy         float16 (N, D): penultimate-layer features
@@ -43,6 +44,8 @@ WORK_DIR = "work"
 
 # Longest side of the stored copy of each example; heatmaps use the same size.
 STORED_IMAGE_MAX_SIDE = 128
+# Longest spatial side of stored per-example activations.
+STORED_ACTIVATION_MAX_SIDE = 32
 
 # Fixed leading columns of predictions.parquet; then prob_0..prob_{C-1}, then
 # one column per annotation under its own name.
