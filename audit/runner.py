@@ -110,6 +110,11 @@ class _Run:
         # Validate every input before touching the output directory.
         self.dataset = open_dataset(data_path)
         self.model = load_model(model_path, unsafe=options.unsafe)
+        if self.model.input_shape[-1] not in (1, 3):
+            raise ModelError(
+                f"model takes {self.model.input_shape[-1]}-channel input; image files give 1 (grayscale) or 3 (RGB)",
+                self.model.path,
+            )
         self.class_names = resolve_class_names(self.dataset, self.model.num_classes, options.class_names)
         self.annotations, self.annotation_report = (None, None)
         if annotations is not None:

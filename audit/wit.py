@@ -52,7 +52,6 @@ import inspect
 import io
 import math
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -430,7 +429,7 @@ class ModelPredictFn:
 
 def _loaded_model(model, unsafe: bool):
     """A LoadedModel from a LoadedModel, a model file or directory, or an in-memory keras.Model."""
-    from audit.io.models import LoadedModel, load_model
+    from audit.io.models import LoadedModel, from_keras, load_model
 
     if isinstance(model, LoadedModel):
         return model
@@ -439,11 +438,7 @@ def _loaded_model(model, unsafe: bool):
     import keras
 
     if isinstance(model, keras.Model):
-        # A saved copy goes through the same checks (input shape, output head) as a model file.
-        with tempfile.TemporaryDirectory() as tmp:
-            file = Path(tmp) / "model.keras"  # the model's own name travels inside the file
-            model.save(file)
-            return load_model(file, unsafe=unsafe)
+        return from_keras(model)
     raise AuditError(
         f"expected a results store, a model file, a LoadedModel or a keras.Model; received {type(model).__name__}"
     )

@@ -40,6 +40,8 @@ def bad_models(tmp_path_factory):
     keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Lambda(lambda t: t + 1), keras.layers.Flatten(),
                       keras.layers.Dense(3, activation="softmax")]).save(root / "lambda.keras")
     keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(3, 1)]).save(root / "segmenter.keras")
+    keras.Sequential([keras.Input((16, 16, 2)), keras.layers.Flatten(),
+                      keras.layers.Dense(3, activation="softmax")]).save(root / "two_channel.keras")
     (root / "truncated.keras").write_bytes((root / "nan.keras").read_bytes()[:500])
     return root
 
@@ -52,6 +54,7 @@ def test_user_mistakes_exit_2_with_one_line(tiny, bad_models, tmp_path, capsys):
         ((str(bad_models / "truncated.keras"), d), ["truncated.keras", "truncated or corrupt"]),
         ((str(bad_models / "segmenter.keras"), d), ["segmenter.keras", "needs a classifier"]),
         ((str(bad_models / "lambda.keras"), d), ["lambda.keras", "Lambda layer", "--unsafe"]),
+        ((str(bad_models / "two_channel.keras"), d), ["two_channel.keras", "2-channel input"]),
         ((m, str(tmp_path / "missing_dir")), ["missing_dir", "does not exist"]),
         ((m, d, "--annotations", str(tmp_path / "none.csv")), ["none.csv", "does not exist"]),
         ((m, d, "--class-names", "a,b"), ["2 classes", "outputs 3"]),

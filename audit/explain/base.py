@@ -20,7 +20,6 @@ TensorFlow is imported inside functions, so importing this module is cheap.
 from __future__ import annotations
 
 import abc
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -58,35 +57,9 @@ def as_model(model) -> Any:
         raise AuditError(
             f"expected a keras.Model or a LoadedModel from audit.load_model; received: {type(model).__name__}"
         )
-    return _wrap_keras(model)
+    from audit.io.models import from_keras
 
-
-def _wrap_keras(model) -> Any:
-    from audit.io.models import LoadedModel, _activation_name, _detect_kind, _head_layer, _keras_input_shape
-
-    path = Path(f"<{model.name}>")
-    if not model.built:
-        raise ModelError("model is not built yet; call it on a batch or call model.build(input_shape) first", path)
-    in_shape = _keras_input_shape(model, path)
-    if len(in_shape) != 4:
-        raise ModelError(
-            f"model input has shape {in_shape}; explainers need images (batch, height, width, channels)", path
-        )
-    try:
-        out_shape = tuple(model.output_shape)
-    except (AttributeError, ValueError, TypeError):
-        probe = np.zeros((1, *(d or 32 for d in in_shape[1:])), np.float32)
-        out_shape = tuple(np.asarray(model(probe, training=False)).shape)
-    kind, classes = _detect_kind(path, out_shape, _activation_name(_head_layer(model)), None)
-    return LoadedModel(
-        path=path,
-        format="keras",
-        sha256="",
-        input_shape=tuple(in_shape[1:]),
-        num_classes=int(classes),
-        output_kind=kind,
-        keras_model=model,
-    )
+    return from_keras(model)
 
 
 def spatial_layer(model, layer) -> tuple[str, Any]:

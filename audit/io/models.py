@@ -296,7 +296,10 @@ def pre_activation(layer):
 
 
 def _keras_input_shape(model, path: Path) -> tuple:
-    shape = None
+    if not getattr(model, "built", True):
+        raise ModelError(
+            "model is not built (no input shape, no weights); build or train it before auditing it", path
+        )
     try:
         shape = model.input_shape
     except (AttributeError, ValueError):
@@ -306,8 +309,8 @@ def _keras_input_shape(model, path: Path) -> tuple:
         if len(shape) != 1:
             raise ModelError(f"model has {len(shape)} inputs; keras-audit needs one image input", path)
         shape = shape[0]
-    if shape is None or not getattr(model, "built", True):
-        raise ModelError("model was saved before it was built or trained (no input shape, no weights)", path)
+    if shape is None:
+        raise ModelError("model has no known input shape; build it with model.build((None, h, w, c))", path)
     return tuple(shape)
 
 
@@ -421,16 +424,29 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
 
     if fmt == "savedmodel":
         owner, in_shape, call = _load_savedmodel(path)
-        keras_model, head_activation = None, None
-    else:
-        keras_model = owner = _load_keras(path, unsafe)
-        in_shape = _keras_input_shape(keras_model, path)
-        call = None
-        head_activation = _activation_name(_head_layer(keras_model))
+        return _describe(path, fmt, sha256_of(path), in_shape, None, call=call, owner=owner)
+    return from_keras(_load_keras(path, unsafe), path=path, fmt=fmt, sha256=sha256_of(path))
 
-    if len(in_shape) != 4 or in_shape[-1] not in (1, 3) or None in in_shape[1:]:
+
+def from_keras(model, *, path: str | Path | None = None, fmt: str = "keras", sha256: str = "") -> LoadedModel:
+    """Wrap an in-memory ``keras.Model``, with the same checks as a model file.
+
+    Example:
+        >>> loaded = from_keras(model)      # doctest: +SKIP
+        >>> loaded.output_kind               # doctest: +SKIP
+        'softmax'
+    """
+    path = Path(path) if path is not None else Path(f"<{model.name}>")
+    in_shape = _keras_input_shape(model, path)
+    head = _activation_name(_head_layer(model))
+    return _describe(path, fmt, sha256, in_shape, head, keras_model=model, owner=model)
+
+
+def _describe(path, fmt, sha256, in_shape, head_activation, *, keras_model=None, call=None, owner=None) -> LoadedModel:
+    """Check that the model is an image classifier, probe its head, and describe it."""
+    if len(in_shape) != 4 or None in in_shape[1:]:
         raise ModelError(
-            f"model input has shape {in_shape}; keras-audit needs images (batch, height, width, 1 or 3 channels)",
+            f"model input has shape {in_shape}; keras-audit needs images of a fixed size (batch, height, width, channels)",
             path,
         )
     probe_x = np.full((2, *in_shape[1:]), 0.5, np.float32)
@@ -442,7 +458,7 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
     return LoadedModel(
         path=path,
         format=fmt,
-        sha256=sha256_of(path),
+        sha256=sha256,
         input_shape=tuple(int(d) for d in in_shape[1:]),
         num_classes=int(classes),
         output_kind=kind,
