@@ -157,28 +157,13 @@ def slice_rows(run: RunRef, column: str | None = None) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _slice_labels(path: str, mtime: float, column: str) -> np.ndarray:
-    from audit.metrics.slices import intersect, make_slice_column
+    from audit.errors import AuditError
+    from audit.metrics.slices import stored_slice_column
 
-    stored = next((c for c in _metrics(path, mtime)["slices"]["columns"] if c["column"] == column), None)
-    if stored is None:
-        raise StoreError(f"metrics.json has no slice column {column!r}", path)
-    frame = _predictions(path, mtime)
-    size = int(_metrics(path, mtime)["slices"].get("min_slice_size", 30))
-    parts = []
-    for name in stored["columns"]:
-        made = make_slice_column(name, frame[name], builtin=name in schema.BUILTIN_ANNOTATIONS,
-                                 min_slice_size=size, notes=[])
-        if isinstance(made, str):
-            raise StoreError(f"cannot rebuild the slices of {name!r}: {made}", path)
-        parts.append(made)
-    sliced = parts[0] if len(parts) == 1 else intersect(parts[0], parts[1])
-    # The stored values are the oracle: if this keras-audit bins differently from
-    # the one that wrote metrics.json, say so instead of showing the wrong rows.
-    if not set(stored["values"]) <= set(sliced.labels):
-        raise StoreError(
-            f"the slices of {column!r} in metrics.json do not match this keras-audit's binning; "
-            "recompute the metrics with this version", path)
-    return sliced.row_labels()
+    try:
+        return stored_slice_column(_predictions(path, mtime), _metrics(path, mtime), column).row_labels()
+    except AuditError as e:
+        raise StoreError(str(e), path) from None
 
 
 def slice_labels(run: RunRef, column: str) -> np.ndarray:

@@ -257,3 +257,20 @@ def test_worst_slices_tolerates_metrics_without_slices():
     assert worst_slices({"accuracy": 0.9}) == []
     with pytest.raises(AuditError, match="k >= 0"):
         worst_slices({"accuracy": 0.9}, k=-1)
+
+
+def test_stored_slice_column_recovers_each_slice_rows(planted):
+    from audit.metrics.slices import stored_slice_column
+
+    frame, m = planted
+    for row in m["slices"]["rows"][:40]:
+        column = stored_slice_column(frame, m, row["column"])
+        mask = column.codes == column.labels.index(row["value"])
+        # The reported n and accuracy are the oracle for the recovered rows.
+        assert mask.sum() == row["n"]
+        assert frame.loc[mask, "correct"].mean() == pytest.approx(row["accuracy"])
+    broken = json.loads(json.dumps(m))
+    info = next(c for c in broken["slices"]["columns"] if c["column"] == m["slices"]["rows"][0]["column"])
+    info["values"] = [*info["values"], "a value this code never makes"]
+    with pytest.raises(AuditError, match="do not match"):
+        stored_slice_column(frame, broken, info["column"])

@@ -250,6 +250,34 @@ def intersect(a: SliceColumn, b: SliceColumn) -> SliceColumn:
     )
 
 
+
+def stored_slice_column(frame: pd.DataFrame, metrics: dict, column: str) -> SliceColumn:
+    """Recut the stored predictions into the slices ``metrics.json`` reports for ``column``.
+
+    Views use it to find the rows of a slice. The stored slice values are the
+    oracle: if this code bins differently from the version that wrote the
+    metrics, it says so instead of returning the wrong rows.
+    """
+    slices = metrics.get("slices") or {}
+    stored = next((c for c in slices.get("columns", []) if c["column"] == column), None)
+    if stored is None:
+        raise AuditError(f"metrics.json has no slice column {column!r}")
+    size = int(slices.get("min_slice_size", 30))
+    parts = []
+    for name in stored["columns"]:
+        made = make_slice_column(name, frame[name], builtin=name in schema.BUILTIN_ANNOTATIONS,
+                                 min_slice_size=size, notes=[])
+        if isinstance(made, str):
+            raise AuditError(f"cannot rebuild the slices of {name!r}: {made}")
+        parts.append(made)
+    sliced = parts[0] if len(parts) == 1 else intersect(parts[0], parts[1])
+    if not set(stored["values"]) <= set(sliced.labels):
+        raise AuditError(
+            f"the slices of {column!r} in metrics.json do not match this keras-audit's binning; "
+            "recompute the metrics with this version"
+        )
+    return sliced
+
 def pairs_enabled(slice_pairs: bool | None, columns: list[SliceColumn], notes: list[str]) -> bool:
     if slice_pairs is not None:
         return bool(slice_pairs)

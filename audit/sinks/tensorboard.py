@@ -265,21 +265,15 @@ def _export_scalars(run: Reader) -> None:
 
 def _slice_masks(frame, metrics: dict, rows: list[dict]) -> list[tuple[dict, np.ndarray]]:
     """Row masks of flagged slices, cut by the same code that cut them for metrics.json."""
-    from audit.metrics.slices import make_slice_column
+    from audit.metrics.slices import stored_slice_column
 
-    min_size = int((metrics.get("options") or {}).get("min_slice_size", 30))
     cut: dict[str, object] = {}
     out = []
     for row in rows:
         name = row["column"]
-        if name not in frame.columns:
-            continue
         if name not in cut:
-            cut[name] = make_slice_column(name, frame[name], builtin=name in schema.BUILTIN_ANNOTATIONS,
-                                          min_slice_size=min_size, notes=[])
+            cut[name] = stored_slice_column(frame, metrics, name)
         column = cut[name]
-        if isinstance(column, str) or row["value"] not in column.labels:
-            continue
         out.append((row, column.codes == column.labels.index(row["value"])))
     return out
 
