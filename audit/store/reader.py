@@ -35,6 +35,7 @@ class Reader:
 
     def __init__(self, path: str | Path, *, allow_incomplete: bool = False):
         self.path = Path(path)
+        self._mapped: dict[str, np.ndarray | None] = {}
         manifest_path = self.path / schema.MANIFEST
         if not self.path.is_dir():
             raise StoreError("results store does not exist", self.path)
@@ -114,18 +115,18 @@ class Reader:
 
     # -- arrays ---------------------------------------------------------------------
     def _array(self, rel: str) -> np.ndarray | None:
-        file = self.path / rel
-        return np.load(file, mmap_mode="r") if file.is_file() else None
-
-    @cached_property
-    def _images(self):
-        return self._array(schema.IMAGES)
+        # Memory-maps are opened once per file: views read one image or map at a time, often.
+        if rel not in self._mapped:
+            file = self.path / rel
+            self._mapped[rel] = np.load(file, mmap_mode="r") if file.is_file() else None
+        return self._mapped[rel]
 
     def image(self, index: int) -> np.ndarray:
         """Example ``index`` as the model saw it: uint8 (h, w, 3), longest side <= 128."""
-        if self._images is None:
+        images = self._array(schema.IMAGES)
+        if images is None:
             raise StoreError("images.npy is missing", self.path)
-        return np.asarray(self._images[index])
+        return np.asarray(images[index])
 
     @cached_property
     def heatmap_index(self) -> dict[int, int]:
