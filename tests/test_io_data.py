@@ -138,10 +138,14 @@ def test_bad_data(tmp_path, setup, message):
     assert str(path) in str(err.value)
 
 
-def test_class_count_must_match_model(tiny):
+def test_class_count_must_match_model(tiny, tmp_path):
     ds = open_dataset(tiny["data"])
-    with pytest.raises(DataError, match="data has 3 classes .* but the model outputs 4"):
+    with pytest.raises(DataError, match="data names 3 classes but the model outputs 4; pass --class-names with all 4"):
         resolve_class_names(ds, 4)
+    x, labels = brightness_images(3)
+    np.savez(tmp_path / "d.npz", x=x, y=labels, class_names=np.array(["k0", "k1", "k2", "k3"]))
+    with pytest.raises(DataError, match="data has 4 classes .* but the model outputs 3"):
+        resolve_class_names(open_dataset(tmp_path / "d.npz"), 3)
 
 
 @pytest.mark.parametrize(

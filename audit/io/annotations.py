@@ -9,6 +9,8 @@ matches at all (then the table is surely for another dataset).
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +30,9 @@ def load_annotations(csv: str | Path, dataset: Dataset):
     if not csv.is_file():
         raise DataError("annotations file does not exist", csv)
     try:
-        table = pd.read_csv(csv)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raw = csv.read_bytes()  # read once: the hash (for --resume checks) is of exactly what was parsed
+        table = pd.read_csv(io.BytesIO(raw))
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read annotations CSV ({str(e).splitlines()[0]})", csv)
 
     if dataset.paths is not None:
@@ -72,6 +75,7 @@ def load_annotations(csv: str | Path, dataset: Dataset):
             aligned[c] = aligned[c].astype("string")
     report = {
         "path": str(csv),
+        "sha256": hashlib.sha256(raw).hexdigest(),
         "columns": list(aligned.columns),
         "missing_rows": int(dataset.count - len(values)),
         "extra_rows": extra,

@@ -8,6 +8,11 @@ Three layouts are accepted (see :func:`open_dataset`):
   ``label`` (class name or index) columns: ``DATA/labels.csv`` or the CSV itself;
 * an ``.npz`` file with ``x`` (N, H, W, C), ``y`` (N,) and optional ``class_names``.
 
+Labels given as class *names* (folder names, CSV names, string ``y``) are kept as
+names and mapped by name onto the class order in :func:`resolve_class_names`, so a
+dataset may hold any subset of the model's classes; labels given as numbers are
+class indices. Every listed file must resolve (symlinks followed) inside DATA.
+
 Images are decoded and resized by a ``tf.data`` pipeline (files) or read in
 chunks straight from the ``.npz`` zip member (arrays), so memory does not grow
 with the number of images. Unreadable files are skipped and counted, never
@@ -17,7 +22,9 @@ listing (``index``), which is the key used everywhere in the results store.
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -47,11 +54,14 @@ class Dataset:
 
     source: Path
     kind: str  # "folders" | "csv" | "npz"
-    labels: np.ndarray  # (N,) int64
-    class_names: list[str] | None  # None: labels are bare indices
+    labels: np.ndarray  # (N,) int64 class indices; for named labels, final once resolve_class_names ran
+    class_names: list[str] | None  # the data's own class order; None: labels are bare indices
     paths: list[str] | None = None  # relative to root, for file datasets
     root: Path | None = None
-    skipped: list[dict] = field(default_factory=list)  # [{path, reason}] filled while streaming
+    label_names: np.ndarray | None = None  # (N,) str: each example's class as the data names it, if by name
+    order_declared: bool = False  # class_names is an order the data states (.npz class_names), not the names found
+    notes: list[str] = field(default_factory=list)  # things worth telling the user (for the manifest notes)
+    skipped: list[dict] = field(default_factory=list)  # [{path, reason}] filled while streaming (latest pass)
 
     @property
     def count(self) -> int:
@@ -59,6 +69,29 @@ class Dataset:
 
     def describe(self) -> dict:
         return {"source": str(self.source), "kind": self.kind, "count": self.count}
+
+    def fingerprint(self) -> str:
+        """Hex sha256 of what shapes the results, from file stats only (no image reads).
+
+        File datasets: each listed path with its size, mtime_ns and label; ``.npz``: the file's
+        size and mtime_ns plus the labels. Raw labels (names as written) are hashed, so the print
+        does not change when :func:`resolve_class_names` maps them.
+        """
+        h = hashlib.sha256(f"{self.kind}\n{self.class_names!r}\n".encode())
+        raw = self.label_names if self.label_names is not None else self.labels
+        if self.paths is None:
+            st = self.source.stat()
+            h.update(f"{st.st_size} {st.st_mtime_ns} {raw.dtype.str}\n".encode())
+            h.update(np.ascontiguousarray(raw).tobytes())
+            return h.hexdigest()
+        for p, label in zip(self.paths, raw.tolist()):
+            try:
+                st = (self.root / p).stat()
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:  # missing now: streaming will skip it, and the print records that
+                size = mtime = -1
+            h.update(f"{p}\0{size}\0{mtime}\0{label!r}\n".encode())
+        return h.hexdigest()
 
     def batches(
         self,
@@ -73,6 +106,7 @@ class Dataset:
         """Preprocessed batches from position ``start`` on, or of the given ``indices`` only."""
         import tensorflow as tf
 
+        self.skipped = []  # per pass: a later pass over the same data must not count its files again
         if indices is None:
             indices = np.arange(start, self.count, dtype=np.int64)
         indices = np.asarray(indices, np.int64)
@@ -143,18 +177,37 @@ def _preprocess(img, size, channels, stored_shape, rescale):
 
 
 def _npz_member(path: Path, name: str):
-    """Open one array of an .npz for streaming: (file object, shape, dtype)."""
+    """Open one array of an .npz for streaming: (zip, file object, shape, dtype)."""
     z = zipfile.ZipFile(path)
     member = f"{name}.npy"
     if member not in z.namelist():
+        z.close()
         raise DataError(f".npz has no array {name!r} (has: {', '.join(n[:-4] for n in z.namelist())})", path)
     fh = z.open(member)
-    version = np.lib.format.read_magic(fh)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran, dtype = read_header(fh)
-    if fortran:
-        raise DataError(f"array {name!r} is stored in Fortran order; save it with np.savez(x=np.ascontiguousarray(x))", path)
+    try:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+        if dtype.hasobject:  # reading it would need pickle, which runs code from the file
+            raise DataError(
+                f"array {name!r} holds Python objects (dtype=object), which are never unpickled; "
+                "save names with dtype=str and numbers with a numeric dtype", path)
+        if fortran:
+            raise DataError(f"array {name!r} is stored in Fortran order; save it with np.savez(x=np.ascontiguousarray(x))", path)
+    except (ValueError, EOFError) as e:
+        fh.close(), z.close()
+        raise DataError(f"array {name!r} is not a readable .npy ({str(e).splitlines()[0]})", path)
+    except DataError:
+        fh.close(), z.close()
+        raise
     return z, fh, shape, dtype
+
+
+def _npz_header(path: Path, name: str) -> tuple[tuple, np.dtype]:
+    """Shape and dtype of one .npz array, without reading its data."""
+    z, fh, shape, dtype = _npz_member(path, name)
+    fh.close(), z.close()
+    return shape, dtype
 
 
 def _npz_rows(path: Path, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
@@ -180,77 +233,214 @@ def _npz_rows(path: Path, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray
         z.close()
 
 
-def _labels_from_column(values, source: Path, column: str) -> tuple[np.ndarray, list[str] | None]:
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _parse_labels(values, source: Path, what: str) -> np.ndarray:
+    """Raw labels: int64 class indices when every label is a whole number >= 0, else str names."""
     import pandas as pd
 
     s = pd.Series(values)
+    if pd.api.types.is_bool_dtype(s):
+        s = s.astype(np.int64)
+    if not pd.api.types.is_numeric_dtype(s):
+        s = s.astype("string").str.strip().replace("", pd.NA)
     if s.isna().any():
-        raise DataError(f"column {column!r} has {int(s.isna().sum())} empty labels", source)
-    if pd.api.types.is_integer_dtype(s) or s.astype(str).str.fullmatch(r"\d+").all():
-        labels = s.astype(np.int64).to_numpy()
-        return labels, None
-    names = sorted(s.astype(str).unique())
-    lookup = {n: k for k, n in enumerate(names)}
-    return s.astype(str).map(lookup).to_numpy(np.int64), names
+        raise DataError(f"{what} has {int(s.isna().sum())} empty labels", source)
+    if not pd.api.types.is_numeric_dtype(s):
+        if not s.str.fullmatch(r"-?\d+").all():
+            return np.asarray(s.tolist(), dtype=str)
+        s = s.astype(np.int64)
+    numbers = s.to_numpy(np.float64)
+    bad = ~np.isfinite(numbers) | (numbers != np.round(numbers))
+    if bad.any():
+        raise DataError(f"{what} holds {numbers[bad][0]:g}, not a whole class index", source)
+    if (numbers < 0).any():
+        raise DataError(f"{what} holds {numbers[numbers < 0][0]:g}; class indices start at 0", source)
+    return numbers.astype(np.int64)
+
+
+def _checked_names(names, where: str, path: Path | None) -> list[str]:
+    """A class order with no empty or repeated name (either would make name mapping ambiguous)."""
+    names = [str(n).strip() for n in names]
+    if "" in names:
+        raise DataError(f"{where} has an empty name (position {names.index('') + 1})", path)
+    twice = [n for n, c in Counter(names).items() if c > 1]
+    if twice:
+        raise DataError(f"{where} names {twice[0]!r} twice", path)
+    return names
+
+
+def _shown(names: list[str], limit: int = 6) -> str:
+    return ", ".join(names[:limit]) + ("…" if len(names) > limit else "")
+
+
+def _map_names(label_names: np.ndarray, order: list[str], source: Path, where: str, noun: str) -> np.ndarray:
+    """Class indices of named labels in ``order``; a name not in it is refused by name."""
+    found, inverse = np.unique(label_names, return_inverse=True)
+    lookup = {n: k for k, n in enumerate(order)}
+    unknown = [n for n in found.tolist() if n not in lookup]
+    if unknown:
+        more = f" ({len(unknown) - 1} more names are not either)" if len(unknown) > 1 else ""
+        raise DataError(f"{noun} {unknown[0]!r} is not in {where} ({_shown(order)}){more}", source)
+    return np.asarray([lookup[n] for n in found.tolist()], np.int64)[inverse.reshape(-1)]
+
+
+def _dataset(source: Path, kind: str, raw: np.ndarray, declared: list[str] | None,
+             vocabulary: list[str] | None = None, **kw) -> Dataset:
+    """A Dataset from raw labels (indices or names); names get provisional indices in the data's order."""
+    if raw.dtype.kind != "U":
+        return Dataset(source, kind, raw, declared, **kw)
+    order = declared or vocabulary or sorted(set(raw.tolist()))
+    where = "the .npz's class_names" if declared else "the data's class names"
+    labels = _map_names(raw, order, source, where, "label")
+    return Dataset(source, kind, labels, order, label_names=raw, order_declared=declared is not None, **kw)
+
+
+def _check_inside(root: Path, paths: list[str], source: Path) -> None:
+    """Refuse files that resolve outside DATA (``..``, absolute paths, symlinks): they would be
+    read and copied into the store. Stats only, no reads."""
+    top = root.resolve()
+    folders: dict[str, Path] = {}
+
+    def real(p: str) -> Path:
+        # Resolving each folder once and lstat-ing each file is exact (a plain name under a real
+        # folder is already real) and ten times cheaper than resolving every path in full.
+        head, _, name = p.rpartition("/")
+        if name in ("", ".", ".."):
+            return (root / p).resolve()
+        if head not in folders:
+            folders[head] = (root / head).resolve()
+        f = folders[head] / name
+        return f.resolve() if f.is_symlink() else f
+
+    def inside(p: str) -> bool:
+        try:
+            return real(p).is_relative_to(top)
+        except (OSError, RuntimeError):  # a symlink loop cannot be shown to stay inside
+            return False
+
+    outside = [p for p in paths if not inside(p)]
+    if outside:
+        raise DataError(
+            f"path {outside[0]!r} lies outside the data folder {root} ({_count(len(outside), 'such path')}); "
+            "only files inside it are read", source)
 
 
 def _open_folders(root: Path) -> Dataset:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    paths, labels = [], []
-    for k, name in enumerate(classes):
+    paths, names = [], []
+    for name in classes:
         for f in sorted((root / name).rglob("*")):
             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
                 paths.append(f.relative_to(root).as_posix())
-                labels.append(k)
+                names.append(name)
     if not paths:
         raise DataError(
             "no images found (expected one sub-folder per class with .png/.jpg/.jpeg/.bmp/.gif files, "
             f"or a {LABEL_CSV} with path and label columns)",
             root,
         )
-    return Dataset(root, "folders", np.asarray(labels, np.int64), classes, paths, root)
+    _check_inside(root, paths, root)
+    # Every class folder is a class, even an empty one (as Keras does): the order is all folders.
+    return _dataset(root, "folders", np.asarray(names, dtype=str), None, classes, paths=paths, root=root)
 
 
-def _open_csv(csv: Path, root: Path) -> Dataset:
+def _read_label_csv(csv: Path):
     import pandas as pd
 
     try:
         table = pd.read_csv(csv)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read label CSV ({str(e).splitlines()[0]})", csv)
     missing = [c for c in ("path", "label") if c not in table.columns]
     if missing:
         raise DataError(f"label CSV needs columns 'path' and 'label'; missing {missing}", csv)
     if table.empty:
         raise DataError("label CSV has no rows", csv)
-    labels, names = _labels_from_column(table["label"], csv, "label")
-    paths = [normalise_path(p) for p in table["path"].astype(str)]
-    return Dataset(csv, "csv", labels, names, paths, root)
+    if table["path"].isna().any():
+        raise DataError(f"column 'path' has {int(table['path'].isna().sum())} empty cells", csv)
+    return table
+
+
+def _dedupe(paths: list[str], raw: np.ndarray, csv: Path) -> tuple[list[str], np.ndarray, list[str]]:
+    """One row per file: identical repeats are dropped (and noted), contradictory ones refused."""
+    import pandas as pd
+
+    t = pd.DataFrame({"path": paths, "label": raw})
+    repeated = t.duplicated("path").to_numpy()
+    if not repeated.any():
+        return paths, raw, []
+    per_path = t.groupby("path", sort=False)["label"].nunique()
+    clash = per_path[per_path > 1]
+    if len(clash):
+        first = clash.index[0]
+        shown = ", ".join(repr(v) for v in dict.fromkeys(t.loc[t["path"] == first, "label"].tolist()))
+        raise DataError(
+            f"path {first!r} is listed with different labels: {shown} ({_count(len(clash), 'such path')}); "
+            "give each file one label", csv)
+    n = t.loc[repeated, "path"].nunique()
+    note = f"{csv.name} lists {_count(n, 'path')} more than once with the same label; each is counted once"
+    return [p for p, r in zip(paths, repeated) if not r], raw[~repeated], [note]
+
+
+def _open_csv(csv: Path, root: Path) -> Dataset:
+    table = _read_label_csv(csv)
+    raw = _parse_labels(table["label"], csv, "column 'label'")
+    paths, raw, notes = _dedupe([normalise_path(p) for p in table["path"].astype(str)], raw, csv)
+    _check_inside(root, paths, csv)
+    return _dataset(csv, "csv", raw, None, paths=paths, root=root, notes=notes)
+
+
+def _npz_strings(a: np.ndarray, name: str, path: Path) -> np.ndarray:
+    """Bytes arrays (np.savez of b'...' or dtype 'S') as str, so names compare as text."""
+    if a.dtype.kind != "S":
+        return a
+    try:
+        return np.char.decode(a, "utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"array {name!r} holds bytes that are not UTF-8 text", path)
+
+
+def _load_npz_labels(path: Path, members: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """y and class_names, read with pickle off after their headers were checked."""
+    import zlib
+
+    for name in ("y", "class_names"):
+        if f"{name}.npy" in members:
+            _npz_header(path, name)  # refuses object arrays with a clear line
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = data["class_names"] if "class_names" in data.files else None
+            return data["y"], names
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"cannot read the .npz ({str(e).splitlines()[0]})", path)
 
 
 def _open_npz(path: Path) -> Dataset:
     try:
         with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-            if "y.npy" not in names:
-                raise DataError(".npz needs arrays 'x' (N, H, W, C) and 'y' (N,); 'y' is missing", path)
+            members = z.namelist()
     except zipfile.BadZipFile:
         raise DataError("not a readable .npz file (truncated or corrupt)", path)
-    z, fh, x_shape, _ = _npz_member(path, "x")
-    fh.close(), z.close()
-    data = np.load(path, allow_pickle=False)
-    y = data["y"]
+    if "y.npy" not in members:
+        raise DataError(".npz needs arrays 'x' (N, H, W, C) and 'y' (N,); 'y' is missing", path)
+    x_shape, x_dtype = _npz_header(path, "x")
+    if x_dtype.kind not in "uif":
+        raise DataError(f"array 'x' has dtype {x_dtype.str}; images must be numbers (uint8 0..255 or floats 0..1)", path)
+    y, names = _load_npz_labels(path, members)
     if len(x_shape) not in (3, 4) or y.ndim != 1 or len(y) != x_shape[0]:
         raise DataError(f"'x' must be (N, H, W[, C]) and 'y' (N,); got x{tuple(x_shape)} and y{y.shape}", path)
     if len(y) == 0:
         raise DataError(".npz holds no examples", path)
-    class_names = [str(c) for c in data["class_names"]] if "class_names" in data.files else None
-    if np.issubdtype(y.dtype, np.integer):
-        labels = y.astype(np.int64)
-    else:
-        labels, found = _labels_from_column(y, path, "y")
-        class_names = class_names or found
-    return Dataset(path, "npz", labels, class_names)
+    if 0 in x_shape[1:]:
+        raise DataError(f"array 'x' has an empty image size {tuple(x_shape)}", path)
+    if names is not None and (names.ndim != 1 or names.size == 0):
+        raise DataError(f"array 'class_names' must be 1-D (one name per class); got shape {names.shape}", path)
+    declared = None if names is None else _checked_names(_npz_strings(names, "class_names", path).tolist(), "class_names", path)
+    raw = _parse_labels(_npz_strings(y, "y", path), path, "array 'y'")
+    return _dataset(path, "npz", raw, declared)
 
 
 def normalise_path(p: str) -> str:
@@ -279,19 +469,35 @@ def open_dataset(path: str | Path) -> Dataset:
 
 
 def resolve_class_names(dataset: Dataset, num_classes: int, override: list[str] | None = None) -> list[str]:
-    """Class names that agree with the model's class count, or a DataError."""
-    names = override or dataset.class_names
-    if names is None:
+    """The class order (model output order) for this data, or a DataError.
+
+    ``override`` (``--class-names``) wins over the data's own order. Labels given as names are
+    mapped by name onto the chosen order and ``dataset.labels`` is set from them; labels given
+    as indices stay indices into it.
+    """
+    if override is not None:
+        order = _checked_names(override, "--class-names", None)
+        if len(order) != num_classes:
+            raise DataError(f"--class-names has {len(order)} names but the model outputs {num_classes}")
+    else:
+        order = dataset.class_names
+    if dataset.label_names is not None:
+        if override is None and not dataset.order_declared and len(order) < num_classes:
+            # The names found cannot say where the missing classes sit in the model's outputs.
+            raise DataError(
+                f"data names {len(order)} classes but the model outputs {num_classes}; "
+                f"pass --class-names with all {num_classes} in model output order", dataset.source)
+        noun = "class folder" if dataset.kind == "folders" else "label"
+        where = "--class-names" if override is not None else "the .npz's class_names"
+        dataset.labels = _map_names(dataset.label_names, order, dataset.source, where, noun)
+    if order is None:
         top = int(dataset.labels.max())
-        if dataset.labels.min() < 0 or top >= num_classes:
+        if top >= num_classes:
             raise DataError(f"labels go up to {top} but the model has {num_classes} classes", dataset.source)
         return [f"class_{k}" for k in range(num_classes)]
-    if len(names) != num_classes:
+    if len(order) != num_classes:
         raise DataError(
-            f"data has {len(names)} classes ({', '.join(map(str, names[:6]))}{'…' if len(names) > 6 else ''}) "
-            f"but the model outputs {num_classes}",
-            dataset.source,
-        )
-    if dataset.labels.min() < 0 or dataset.labels.max() >= num_classes:
+            f"data has {len(order)} classes ({_shown(order)}) but the model outputs {num_classes}", dataset.source)
+    if dataset.labels.max() >= num_classes:
         raise DataError(f"labels must lie in 0..{num_classes - 1}", dataset.source)
-    return [str(n) for n in names]
+    return list(order)
