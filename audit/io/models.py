@@ -1,11 +1,13 @@
 """Load a saved classifier and give uniform access to it.
 
 :func:`load_model` accepts Keras 3 ``.keras`` files, legacy ``.h5`` files and
-TensorFlow SavedModel directories, always with Keras ``safe_mode`` on unless the
-caller opts out. The returned :class:`LoadedModel` knows the input size, the
-number of classes and the kind of output head (softmax, logits or a single
-sigmoid unit), finds layers through nested sub-models, and builds compiled
-functions that also return intermediate tensors ("taps").
+TensorFlow SavedModel directories. Keras files load with ``safe_mode`` on, on a Keras
+without known bypasses, after a scan of their config for code-running layers; a
+SavedModel (no safe mode exists for it) only when the caller opts out with ``unsafe``.
+The returned :class:`LoadedModel` knows the input size, the number of classes and
+the kind of output head (softmax, logits or a single sigmoid unit), finds layers
+through nested sub-models, and builds compiled functions that also return
+intermediate tensors ("taps").
 
 Taps work by swapping a layer's ``call`` for the duration of a trace, so they
 reach layers inside nested backbones and loaded Sequential models, where
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,29 +43,119 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+# The first Keras release with no known way around its safe mode or out of the model archive:
+# 3.15.0 fixed path traversal through layer names (CVE-2026-12479) and Lambda deserialised
+# without a SafeModeScope (CVE-2026-12481); 3.15.1 checks every HDF5 group on the path and
+# rejects decompression bombs. Older releases have published bypasses (README, safe mode).
+KERAS_FLOOR = (3, 15, 1)
+_FLOOR_TEXT = ".".join(map(str, KERAS_FLOOR))
+
+# A model config bigger than this is not a real classifier's (a 1000-layer net is a few MB);
+# reading it whole would let a zip bomb exhaust memory before Keras sees the file.
+_MAX_CONFIG_BYTES = 64 << 20
+
+# Layers whose loading runs code or reads graphs from outside the file. Keras' safe mode refuses
+# them too, but it has had bypasses, so they are refused here before Keras parses anything.
+_UNSAFE_LAYERS = {
+    "Lambda": "runs arbitrary Python code when loaded",
+    "TFSMLayer": "loads an external TensorFlow SavedModel (arbitrary graph operations)",
+    "TorchModuleWrapper": "unpickles a PyTorch module, which runs arbitrary code",
+    "JaxLayer": "calls functions named in the file",
+    "FlaxLayer": "calls functions named in the file",
+}
+
+# Keras functions that published safe-mode bypasses referenced from a config (CVE-2025-8747,
+# CVE-2025-9906, the TFSMLayer constructor of keras PR #23654); no classifier's config names them.
+_GADGETS = {"load_model", "load_weights", "enable_unsafe_deserialization", "get_file", "set_global_attribute",
+            "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer", "Lambda"}
+
+
+def _check_keras_version(version: str, path: Path | None = None) -> None:
+    """Refuse a Keras whose safe mode has known bypasses; the file cannot be trusted to it."""
+    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    nums = tuple(int(n or 0) for n in found.groups()) if found else ()
+    if nums < KERAS_FLOOR:  # an unreadable version compares as () and is refused too
+        raise ModelError(
+            f"the installed Keras {version} has known safe-mode bypasses (fixed by {_FLOOR_TEXT}); "
+            f'upgrade with pip install -U "keras>={_FLOOR_TEXT}", or pass --unsafe only if you trust this file',
+            path,
+        )
+
+
 def _config_of(path: Path) -> dict | None:
     """The model's JSON config read without deserialising any layer."""
-    if path.suffix == ".keras":
+    if path.suffix.lower() == ".keras":
         with zipfile.ZipFile(path) as z:
-            return json.loads(z.read("config.json"))
+            if "config.json" not in z.namelist():
+                raise ModelError("not a Keras model archive: the zip file has no config.json", path)
+            size = z.getinfo("config.json").file_size
+            if size > _MAX_CONFIG_BYTES:
+                raise ModelError(f"config.json is {size >> 20} MiB, too big for a model config (corrupt or hostile)", path)
+            return _parsed_config(z.read("config.json"), path)
     import h5py
 
+    if not h5py.is_hdf5(path):
+        raise ModelError("not a readable Keras model file (corrupt: not an HDF5 file)", path)
     with h5py.File(path, "r") as f:
         raw = f.attrs.get("model_config")
         if raw is None:
             return None
-        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        return _parsed_config(raw, path)
 
 
-def _class_names_in(config: Any) -> Iterator[str]:
-    if isinstance(config, dict):
-        if "class_name" in config:
-            yield config["class_name"]
-        for v in config.values():
-            yield from _class_names_in(v)
-    elif isinstance(config, list):
-        for v in config:
-            yield from _class_names_in(v)
+def _parsed_config(raw: bytes | str, path: Path) -> dict:
+    try:
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except RecursionError:  # json nests by recursion; a hostile file can nest deeper than Python allows
+        raise ModelError("model config is nested too deeply to be a Keras model (corrupt or hostile)", path)
+    if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
+        raise ModelError("model config is not a Keras model (expected a JSON object with a 'class_name')", path)
+    return config
+
+
+def _config_objects(config: Any) -> Iterator[dict]:
+    """Every JSON object in a model config, at any depth; iterative, so a deeply nested config
+    cannot overflow the stack."""
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            yield node
+            stack.extend(node.values())
+
+
+def _referenced_names(config: Any) -> Iterator[tuple[str, str]]:
+    """(kind, name) for every class and function the config names, at any depth.
+
+    ``registered_name`` ('package>Name') and serialised function references
+    ({'class_name': 'function', 'config': 'load_model'}) count too: both make Keras look a name up.
+    """
+    for node in _config_objects(config):
+        cls, reg = node.get("class_name"), node.get("registered_name")
+        if isinstance(cls, str):
+            yield "class", cls
+            if cls == "function" and isinstance(node.get("config"), str):
+                yield "function", node["config"].rsplit(".", 1)[-1]
+        if isinstance(reg, str):
+            yield "class", reg.rsplit(">", 1)[-1]
+
+
+def _refuse_unsafe_config(config: dict, path: Path) -> None:
+    for kind, name in _referenced_names(config):
+        if kind == "class" and name in _UNSAFE_LAYERS:
+            raise ModelError(
+                f"model contains a {name} layer, which {_UNSAFE_LAYERS[name]}; "
+                "refusing to load it in safe mode (pass --unsafe only if you trust this file)",
+                path,
+            )
+        if kind == "function" and name in _GADGETS:
+            raise ModelError(
+                f"model config references the Keras function {name!r}, which published safe-mode bypasses use "
+                "to run code; refusing to load it in safe mode (pass --unsafe only if you trust this file)",
+                path,
+            )
 
 
 def _qualified_layers(model, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -314,30 +407,63 @@ def _keras_input_shape(model, path: Path) -> tuple:
     return tuple(shape)
 
 
-def _load_keras(path: Path, unsafe: bool):
+def _load_keras(path: Path, unsafe: bool, custom_objects: dict | None = None):
     import keras
 
+    if not unsafe:
+        _check_keras_version(keras.__version__, path)
     try:
         config = _config_of(path)
-    except (zipfile.BadZipFile, OSError, KeyError, ValueError, json.JSONDecodeError) as e:
+    except (zipfile.BadZipFile, OSError, KeyError, ValueError) as e:  # ValueError covers bad JSON and UTF-8
         raise ModelError(f"not a readable Keras model file (truncated or corrupt: {type(e).__name__})", path)
-    if config is not None and "Lambda" in set(_class_names_in(config)) and not unsafe:
-        raise ModelError(
-            "model contains a Lambda layer, which runs arbitrary Python code when loaded; "
-            "refusing to load it in safe mode (pass --unsafe only if you trust this file)",
+    if config is not None and not unsafe:
+        _refuse_unsafe_config(config, path)
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
+    except (ValueError, TypeError, KeyError, OSError, RecursionError, zipfile.BadZipFile) as e:
+        raise _keras_load_error(e, config, path) from e
+
+
+def _keras_load_error(e: Exception, config: dict | None, path: Path) -> ModelError:
+    """One line for a Keras load failure, keeping the sentence that says what is wrong.
+
+    Keras buries "Could not locate class 'X'" after a dump of the whole config (or in the
+    chained cause), so it is searched for in the full text of the error and its causes.
+    """
+    text = " ".join(str(x) for x in (e, e.__cause__, e.__context__) if x is not None)
+    missing = re.search(r"Could not locate (class|function) '([^']+)'|Unknown \w+: '([^']+)'", text)
+    if missing:
+        what = missing.group(1) or "class"
+        raw = missing.group(2) or missing.group(3)
+        name = raw.rsplit(">", 1)[-1]
+        regs = sorted({r for k, r in _registered_names(config) if k == name and r != name})
+        reg = f" (registered as {regs[0]!r})" if regs else ""
+        # Keras looks custom_objects up by the registered name ('package>Name') when there is one.
+        key = regs[0] if regs else raw
+        return ModelError(
+            f"Could not locate {what} {name!r}{reg}: the model uses custom code that is not defined here; "
+            "in Python, import the module that defines it (decorated with "
+            f"@keras.saving.register_keras_serializable()) before loading, or pass custom_objects={{{key!r}: ...}} "
+            "to audit.load_model",
             path,
         )
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=not unsafe)
-    except ValueError as e:
-        if "safe_mode" in str(e):
-            raise ModelError(
-                "model needs code execution to load (safe_mode refused it); pass --unsafe only if you trust this file",
-                path,
-            )
-        raise ModelError(f"cannot load model: {str(e).splitlines()[0]}", path)
-    except (OSError, TypeError, KeyError, zipfile.BadZipFile) as e:
-        raise ModelError(f"cannot load model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'corrupt file'})", path)
+    if "safe_mode" in text:
+        return ModelError(
+            "model needs code execution to load (safe_mode refused it); pass --unsafe only if you trust this file",
+            path,
+        )
+    if isinstance(e, RecursionError):
+        return ModelError("model config is nested too deeply to be a Keras model (corrupt or hostile)", path)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else "corrupt file"
+    return ModelError(f"cannot load model ({type(e).__name__}: {first[:300]})", path)
+
+
+def _registered_names(config: dict | None) -> Iterator[tuple[str, str]]:
+    """(class name, 'package>Name') pairs, to tell the user under which name a class was saved."""
+    for node in _config_objects(config):
+        reg = node.get("registered_name")
+        if isinstance(reg, str) and isinstance(node.get("class_name"), str):
+            yield node["class_name"], reg
 
 
 def _load_savedmodel(path: Path):
@@ -397,13 +523,17 @@ def _detect_kind(path: Path, out_shape: tuple, head_activation: str | None, prob
     )
 
 
-def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
+def load_model(path: str | Path, *, unsafe: bool = False, custom_objects: dict | None = None) -> LoadedModel:
     """Load a classifier from a ``.keras``/``.h5`` file or a SavedModel directory.
 
     Args:
         path: the model file or SavedModel directory.
-        unsafe: allow models whose loading runs arbitrary code (Lambda layers).
-            Off by default: untrusted files load with Keras ``safe_mode``.
+        unsafe: allow models whose loading can run arbitrary code: layers such as
+            Lambda or TFSMLayer, and every SavedModel (TensorFlow has no safe mode).
+            Off by default: files load with Keras ``safe_mode`` on a Keras without
+            known bypasses, after a scan of their config.
+        custom_objects: your own layer classes by name, for a model that uses them
+            (passed to ``keras.models.load_model``).
 
     Raises:
         ModelError: the file is missing, corrupt, not a classifier, or unsafe.
@@ -423,9 +553,15 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
         raise ModelError("model file is empty", path)
 
     if fmt == "savedmodel":
+        if not unsafe:  # refused before TensorFlow reads a byte of it
+            raise ModelError(
+                "a TensorFlow SavedModel can run arbitrary operations when loaded or called (TensorFlow has no "
+                "safe mode for it); pass --unsafe only if you trust this file, or save it as .keras",
+                path,
+            )
         owner, in_shape, call = _load_savedmodel(path)
         return _describe(path, fmt, sha256_of(path), in_shape, None, call=call, owner=owner)
-    return from_keras(_load_keras(path, unsafe), path=path, fmt=fmt, sha256=sha256_of(path))
+    return from_keras(_load_keras(path, unsafe, custom_objects), path=path, fmt=fmt, sha256=sha256_of(path))
 
 
 def from_keras(model, *, path: str | Path | None = None, fmt: str = "keras", sha256: str = "") -> LoadedModel:
@@ -454,6 +590,8 @@ def _describe(path, fmt, sha256, in_shape, head_activation, *, keras_model=None,
         probe = np.asarray(call(probe_x) if call else keras_model(probe_x, training=False))
     except Exception as e:  # a model that cannot run on its own input shape is unusable
         raise ModelError(f"model fails on an input of its own shape {in_shape}: {str(e).splitlines()[0]}", path)
+    if not np.isfinite(probe).all():  # NaN weights: refuse now, before a store is started
+        raise ModelError("model produced NaN/inf outputs on a plain grey input (are its weights NaN?)", path)
     kind, classes = _detect_kind(path, probe.shape, head_activation, probe)
     return LoadedModel(
         path=path,
