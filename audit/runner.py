@@ -9,7 +9,10 @@ Phases, each resumable from ``work/state.json``:
    include the most confident mistakes, every class and every annotation
    value), compute each explainer's maps and their deletion/insertion scores.
 3. finish: write predictions.parquet and metrics.json, then mark the manifest
-   complete. TensorBoard logs are exported from the finished store.
+   complete.
+4. TensorBoard: the logs are exported from the finished store into a staging
+   folder under work/ and moved into tensorboard/; until then the manifest says
+   ``"tensorboard": "pending"`` and ``--resume`` redoes only this phase.
 
 A run is a pure function of (model, examples, options) per batch, so a resumed
 run ends with results identical to an uninterrupted one.
@@ -18,18 +21,39 @@ run ends with results identical to an uninterrupted one.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from numbers import Integral, Real
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from audit.errors import AuditError, DataError, ModelError
-from audit.progress import bar
+from audit.progress import bar, checkpoint
 from audit.store import schema
-from audit.store.writer import StoreWriter, save_npy
+from audit.store.writer import StoreWriter
 
 DEFAULT_EXPLAIN = ("gradcam", "occlusion")
+# Option fields spelled as the CLI spells them, so a message names what the user typed.
+_CLI_FLAGS = {"tensorboard": "--no-tensorboard"}
+
+
+def option_flag(name: str) -> str:
+    """The CLI option of an :class:`AuditOptions` field: ``min_slice_size`` is ``--min-slice-size``."""
+    return _CLI_FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _whole(name: str, value, minimum: int, *, none_means: str = "") -> None:
+    if value is None and none_means:
+        return
+    alternative = f" (or None: {none_means})" if none_means else ""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise AuditError(f"{option_flag(name)} must be a whole number{alternative}; received {value!r}")
+    if value < minimum:
+        raise AuditError(f"{option_flag(name)} must be {minimum} or more{alternative}; received {value!r}")
 
 
 @dataclass
@@ -49,12 +73,52 @@ class AuditOptions:
     seed: int = 0
     unsafe: bool = False
     tensorboard: bool = True
-    notes: list[str] = field(default_factory=list, repr=False)
+
+    def validate(self) -> "AuditOptions":
+        """Check every option (run_audit does, before reading any input or writing anything).
+
+        Raises:
+            AuditError: one line naming the CLI option, e.g. "--seed must be 0 or more; received -1".
+        """
+        for name, minimum in (("batch_size", 1), ("bootstrap", 0), ("min_slice_size", 1), ("seed", 0)):
+            _whole(name, getattr(self, name), minimum)
+        _whole("explain_limit", self.explain_limit, 1, none_means="explain every example")
+        _whole("occlusion_patch", self.occlusion_patch, 1, none_means="about 1/8 of the shorter side")
+        if isinstance(self.rescale, bool) or not isinstance(self.rescale, Real) or not (
+            math.isfinite(self.rescale) and self.rescale > 0
+        ):
+            raise AuditError(f"--rescale must be a positive number; received {self.rescale!r}")
+        self._validate_names()
+        if self.slice_pairs is not None and not isinstance(self.slice_pairs, (bool, np.bool_)):
+            raise AuditError(f"--slice-pairs must be true, false or None; received {self.slice_pairs!r}")
+        for name in ("unsafe", "tensorboard"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise AuditError(f"{option_flag(name)} must be true or false; received {getattr(self, name)!r}")
+        return self
+
+    def _validate_names(self) -> None:
+        """explain, layer and class_names: known, non-empty, distinct names."""
+        if self.explain is not None:
+            if not isinstance(self.explain, (list, tuple)) or not all(isinstance(m, str) for m in self.explain):
+                raise AuditError(f"--explain must be a list of explainer names (or None); received {self.explain!r}")
+            unknown = [m for m in self.explain if m not in schema.EXPLAINERS]
+            if unknown:
+                raise AuditError(f"--explain: unknown explainer {unknown[0]!r}; choose from {', '.join(schema.EXPLAINERS)}")
+            if len(set(self.explain)) < len(self.explain):
+                raise AuditError(f"--explain names an explainer twice; received {','.join(self.explain)}")
+        if self.layer is not None and (not isinstance(self.layer, str) or not self.layer.strip()):
+            raise AuditError(f"--layer must be a layer name; received {self.layer!r}")
+        if self.class_names is not None:
+            from audit.io.data import _checked_names  # the one home of "no empty or repeated name"
+
+            if not isinstance(self.class_names, (list, tuple)) or not all(isinstance(n, str) for n in self.class_names):
+                raise AuditError(f"--class-names must be a list of names (or None); received {self.class_names!r}")
+            _checked_names(self.class_names, "--class-names", None)
 
     def recorded(self) -> dict:
         d = asdict(self)
-        d.pop("notes")
         d["explain"] = None if self.explain is None else list(self.explain)
+        d["class_names"] = None if self.class_names is None else list(self.class_names)
         return d
 
 
@@ -98,6 +162,61 @@ def select_for_explanation(predictions, limit: int | None, annotation_columns: l
     return np.sort(np.concatenate([np.asarray(chosen, np.int64), fill.astype(np.int64)]))
 
 
+_START_OVER = "rerun without --resume to start over"
+
+
+def _short(digest) -> str:
+    return f"{digest[:12]}…" if isinstance(digest, str) else "none"
+
+
+def _input_changes(was: dict, now: dict) -> Iterator[str]:
+    """What differs between the inputs recorded in two manifests: model, data, annotations, classes."""
+    wm, nm = was.get("model", {}), now["model"]
+    if wm.get("sha256") != nm["sha256"]:
+        yield (f"the model file {nm['path']} changed since the interrupted run (sha256 {_short(wm.get('sha256'))} "
+               f"then, {_short(nm['sha256'])} now); {_START_OVER}")
+    wd, nd = was.get("dataset", {}), now["dataset"]
+    if wd.get("source") != nd["source"]:
+        yield f"DATA is {nd['source']} but the interrupted run read {wd.get('source')}; pass the same DATA or {_START_OVER}"
+    if wd.get("count") != nd["count"]:
+        yield (f"the examples listed by {nd['source']} changed since the interrupted run "
+               f"({wd.get('count')} then, {nd['count']} now); {_START_OVER}")
+    if wd.get("fingerprint") != nd["fingerprint"]:
+        yield (f"the image files of {nd['source']} changed since the interrupted run (fingerprint "
+               f"{_short(wd.get('fingerprint'))} then, {_short(nd['fingerprint'])} now); {_START_OVER}")
+    wa, na = wd.get("annotations") or {}, nd["annotations"] or {}
+    if wa.get("path") != na.get("path"):
+        if not wa or not na:
+            given = f"--annotations {na['path']} was given now but not" if na else f"--annotations {wa['path']} was given"
+            yield f"{given} to the interrupted run; pass the same --annotations or {_START_OVER}"
+        else:
+            yield f"--annotations is {na['path']} but the interrupted run used {wa['path']}; {_START_OVER}"
+    elif wa.get("sha256") != na.get("sha256"):
+        yield (f"the annotations table {na['path']} changed since the interrupted run (sha256 "
+               f"{_short(wa.get('sha256'))} then, {_short(na.get('sha256'))} now); {_START_OVER}")
+    if was.get("class_names") != now["class_names"]:
+        old, new = ", ".join(was.get("class_names") or []), ", ".join(now["class_names"])
+        yield f"the class names changed since the interrupted run ({old} then, {new} now); {_START_OVER}"
+
+
+def _shown(name: str, value) -> str:
+    if name == "tensorboard":  # the CLI spells it --no-tensorboard
+        value = not value
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "the default"
+    return ",".join(map(str, value)) if isinstance(value, list) else json.dumps(value)
+
+
+def _option_changes(was: dict, now: dict) -> Iterator[str]:
+    old, new = was.get("options", {}), schema.to_json(now["options"])
+    for name in [*new, *(k for k in old if k not in new)]:
+        if old.get(name) != new.get(name):
+            yield (f"{option_flag(name)} is {_shown(name, new.get(name))} but the interrupted run used "
+                   f"{_shown(name, old.get(name))}; pass the same options or {_START_OVER}")
+
+
 class _Run:
     """State shared by the phases of one run."""
 
@@ -106,9 +225,11 @@ class _Run:
         from audit.io.data import open_dataset, resolve_class_names
         from audit.io.models import load_model
 
-        self.options, self.progress = options, progress
-        # Validate every input before touching the output directory.
+        # Validate every option and input before touching the output directory.
+        self.options, self.progress = options.validate(), progress
         self.dataset = open_dataset(data_path)
+        # The run's notes, not the options': one options object may serve many runs.
+        self.notes: list[str] = list(self.dataset.notes)
         self.model = load_model(model_path, unsafe=options.unsafe)
         if self.model.input_shape[-1] not in (1, 3):
             raise ModelError(
@@ -120,23 +241,26 @@ class _Run:
         if annotations is not None:
             self.annotations, self.annotation_report = load_annotations(annotations, self.dataset)
         self.methods = self._methods(options.explain)
+        self._check_occlusion_patch()
         if options.layer and self.model.has_layers:
             self.model.find_layer(options.layer)
-        self.writer = StoreWriter(out, resume=resume)
         self.shape = stored_shape(self.model.input_shape)
         self.manifest = self._manifest()
-        if self.writer.resuming:
-            self._check_same_run(self.writer.read_manifest())
-        self.writer.write_manifest({**self.manifest, "complete": False})
+        self.writer = StoreWriter(out, resume=resume)
+        try:
+            if self.writer.resuming:
+                self._check_same_run(self.writer.read_manifest())
+            if not self.writer.export_only:
+                self.writer.write_manifest({**self.manifest, "complete": False})
+        except BaseException:
+            self.writer.close()
+            raise
 
     def _methods(self, asked: tuple[str, ...] | None) -> tuple[str, ...]:
-        unknown = [m for m in asked or () if m not in schema.EXPLAINERS]
-        if unknown:
-            raise AuditError(f"unknown explainer(s) {unknown}; choose from {', '.join(schema.EXPLAINERS)}")
         if self.model.has_layers:
             return DEFAULT_EXPLAIN if asked is None else tuple(asked)
         if asked is None:
-            self.options.notes.append("SavedModel: no layers to explain with Grad-CAM; heatmaps are occlusion only")
+            self.notes.append("SavedModel: no layers to explain with Grad-CAM; heatmaps are occlusion only")
             return ("occlusion",)
         need_layers = [m for m in asked if m != "occlusion"]
         if need_layers:
@@ -147,9 +271,18 @@ class _Run:
             )
         return tuple(asked)
 
+    def _check_occlusion_patch(self) -> None:
+        """A patch as large as the image covers all of it at once, so every map would be zero."""
+        patch, (h, w) = self.options.occlusion_patch, self.model.input_shape[:2]
+        if "occlusion" in self.methods and patch is not None and patch >= min(h, w):
+            raise AuditError(
+                f"--occlusion-patch {patch} is not smaller than the model's {h}x{w} input images "
+                f"(every occlusion map would be zero); choose at most {min(h, w) - 1}"
+            )
+
     def _manifest(self) -> dict:
         m, d = self.model, self.dataset
-        dataset = {**d.describe(), "annotations": self.annotation_report}
+        dataset = {**d.describe(), "fingerprint": d.fingerprint(), "annotations": self.annotation_report}
         return {
             "complete": False,
             "model": {
@@ -171,17 +304,11 @@ class _Run:
         }
 
     def _check_same_run(self, previous: dict) -> None:
-        same = (
-            previous["model"]["sha256"] == self.manifest["model"]["sha256"]
-            and previous["dataset"]["source"] == self.manifest["dataset"]["source"]
-            and previous["dataset"]["count"] == self.manifest["dataset"]["count"]
-            and previous["options"] == self.manifest["options"]
-        )
-        if not same:
-            raise AuditError(
-                "--resume needs the same model, data and options as the interrupted run", self.writer.out
-            )
-        self.manifest["started_at"] = previous["started_at"]
+        """Refuse to resume when any input that shapes the results differs from the interrupted
+        run's, naming the first one: a mix of the two runs' state would be the result of neither."""
+        for problem in (*_input_changes(previous, self.manifest), *_option_changes(previous, self.manifest)):
+            raise AuditError(f"--resume: {problem}", self.writer.out)
+        self.manifest["started_at"] = previous.get("started_at", self.manifest["started_at"])
 
     # -- phase 1 --------------------------------------------------------------------------
     def predict(self) -> None:
@@ -222,6 +349,7 @@ class _Run:
                 self.dataset.skipped.clear()
                 nxt = int(batch.index[-1]) + 1
                 w.save_state(predict_next=nxt, skipped=skipped, converted=converted)
+                checkpoint("predict")
                 advance(nxt - start)
                 start = nxt
         skipped += self.dataset.skipped  # unreadable files after the last batch
@@ -235,9 +363,9 @@ class _Run:
             raise DataError(f"none of the {n} images could be read", self.dataset.source)
         if converted:
             kind = "grayscale" if self.model.input_shape[-1] == 1 else "RGB"
-            self.options.notes.append(f"converted {converted} image(s) to {kind} to match the model's input")
+            self.notes.append(f"converted {converted} image(s) to {kind} to match the model's input")
         if skipped:
-            self.options.notes.append(f"skipped {len(skipped)} unreadable image(s); listed in manifest.json")
+            self.notes.append(f"skipped {len(skipped)} unreadable image(s); listed in manifest.json")
 
     def predictions(self):
         """The predictions table, built from the stored arrays."""
@@ -284,7 +412,7 @@ class _Run:
         chosen = np.asarray(w.state["explained"], np.int64) if "explained" in w.state else select_for_explanation(
             predictions, self.options.explain_limit, user_cols, self.options.seed
         )
-        save_npy(w.out / schema.HEATMAP_INDEX, chosen)
+        w.save_npy(schema.HEATMAP_INDEX, chosen)
         w.save_state(explained=chosen.tolist())
         k = len(chosen)
         targets_all = dict(zip(predictions["index"].to_numpy(), predictions["pred"].to_numpy()))
@@ -323,20 +451,17 @@ class _Run:
                 w.flush()
                 done = int(rows[-1]) + 1
                 w.save_state(explain_done=done, activation_layers=act_layers)
+                checkpoint("explain")
                 advance(len(rows))
         explained = {"methods": methods, "count": k, "activation_layers": act_layers}
         cams = [e for name, e in explainers.items() if name.startswith("gradcam")]
         if cams:
             explained["layer"] = cams[0].layer_name
         if acts is not None and "activation_stats" not in w.state:
-            stats = acts.stats(
-                b.x for b in self.dataset.batches(
-                    self.model.input_shape, self.shape, batch_size=self.options.batch_size, rescale=self.options.rescale,
-                )
+            batches = self.dataset.batches(
+                self.model.input_shape, self.shape, batch_size=self.options.batch_size, rescale=self.options.rescale,
             )
-            from audit.store.writer import write_json
-
-            write_json(w.out / schema.ACTIVATION_STATS, stats)
+            w.write_json(schema.ACTIVATION_STATS, acts.stats(_checkpointed("activations", (b.x for b in batches))))
             w.save_state(activation_stats=True)
         quality_summary = {}
         for m in methods:
@@ -361,14 +486,59 @@ class _Run:
         )
         if explanation_quality:
             metrics["explanations"] = explanation_quality
-        o.notes.extend(metrics.get("notes", []))
         self.writer.write_predictions(predictions)
         self.writer.write_metrics(metrics)
+        checkpoint("finish")
         self.manifest["dataset"]["skipped"] = self.writer.state.get("skipped", [])
         self.manifest["dataset"]["readable"] = int(len(predictions))
-        self.manifest["notes"] = list(o.notes)
+        self.manifest["notes"] = [*self.notes, *metrics.get("notes", [])]
         self.manifest["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        if o.tensorboard:
+            self.manifest["tensorboard"] = schema.TENSORBOARD_PENDING
         self.writer.finish(self.manifest)
+
+    def compute(self) -> None:
+        """Phases 1 to 3, each from where an interrupted run left it."""
+        if self.writer.state.get("predict_next", 0) < self.dataset.count:
+            self.predict()
+        self.check_readable()
+        predictions = self.predictions()
+        self.finish(predictions, self.explain(predictions))
+
+
+
+# -- phase 4 ------------------------------------------------------------------------------
+def export_tensorboard(w: StoreWriter) -> Path:
+    """Export into work/ and move the files into place, so a kill midway leaves the store
+    marked pending (never partial logs passed off as done) and --resume redoes just this.
+    Every log file is listed as the store's own, so a re-run removes it."""
+    from audit.sinks.tensorboard import EVENT_SUFFIX, export
+
+    staging = w.staging(schema.TENSORBOARD_DIR)
+    export(w.out, staging)
+    # A schema-1 store's `keras-audit tensorboard OUT` wrote here without listing its files; its
+    # event files are keras-audit's by name, and a second set would show every summary twice.
+    for stale in (w.out / schema.TENSORBOARD_DIR).glob(f"events.out.tfevents.*{EVENT_SUFFIX}"):
+        stale.unlink()
+    w.publish(staging, schema.TENSORBOARD_DIR)
+    w.update_manifest(tensorboard=schema.TENSORBOARD_WRITTEN)
+    return w.out / schema.TENSORBOARD_DIR
+
+
+def rewrite_tensorboard(store: str | Path) -> Path:
+    """``keras-audit tensorboard OUT``: the same staged, listed export as a run's, into a finished store."""
+    writer = StoreWriter(store, reopen=True)
+    try:
+        return export_tensorboard(writer)
+    finally:
+        writer.close()
+
+
+def _checkpointed(phase: str, items: Iterable) -> Iterator:
+    """``items``, passing the test-only kill point ``phase`` after each one is used."""
+    for item in items:
+        yield item
+        checkpoint(phase)
 
 
 def _quality_file(method: str) -> str:
@@ -415,14 +585,15 @@ def run_audit(
     """
     options = options or AuditOptions()
     run = _Run(model, data, out, annotations, options, resume, progress)
-    if run.writer.state.get("predict_next", 0) < run.dataset.count:
-        run.predict()
-    run.check_readable()
-    predictions = run.predictions()
-    quality = run.explain(predictions)
-    run.finish(predictions, quality)
-    if options.tensorboard:
-        from audit.sinks.tensorboard import export
-
-        export(run.writer.out)
+    try:
+        if not run.writer.export_only:
+            run.compute()
+        if options.tensorboard:
+            export_tensorboard(run.writer)
+    except AuditError:
+        if not run.writer.export_only:
+            run.writer.discard()  # a mistake found midway: leave nothing that looks like a result
+        raise
+    finally:
+        run.writer.close()  # array files and the store's lock, also after an error
     return run.writer.out

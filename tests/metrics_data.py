@@ -100,6 +100,7 @@ def write_store(path: Path, frame: pd.DataFrame, class_names: list[str], *, mode
         np.save(path / schema.HEATMAP_INDEX, explained)
         np.save(path / schema.heatmap_file("gradcam"), rng.random((len(explained), 16, 16)).astype(np.float16))
     manifest = {
+        "store": schema.STORE_MARKER,  # a store of this schema, as StoreWriter marks it
         "schema_version": schema.SCHEMA_VERSION,
         "complete": True,
         "class_names": list(class_names),

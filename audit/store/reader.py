@@ -45,9 +45,14 @@ class Reader:
             self.manifest: dict = json.loads(manifest_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise StoreError(f"manifest.json is not valid JSON ({e.msg if hasattr(e, 'msg') else e})", self.path)
+        if not isinstance(self.manifest, dict):
+            raise StoreError("manifest.json is not a JSON object; not a keras-audit results store", self.path)
         version = self.manifest.get("schema_version")
         if not isinstance(version, int):
             raise StoreError("manifest.json has no schema_version; not a keras-audit results store", self.path)
+        # Schema 1 stores carry no "store" marker and stay readable; the writer, which deletes, insists on it.
+        if self.manifest.get("store", schema.STORE_MARKER) != schema.STORE_MARKER:
+            raise StoreError(f"manifest.json belongs to {self.manifest['store']!r}; not a keras-audit results store", self.path)
         if version > schema.SCHEMA_VERSION:
             raise StoreError(
                 f"store has schema version {version}, newer than this keras-audit understands "

@@ -19,6 +19,14 @@ Layout of ``OUT/``::
     embeddings.npy         float16 (N, D): penultimate-layer features
     tensorboard/           TensorBoard logs (written by audit.sinks.tensorboard)
     work/                  resume state of an unfinished run (removed at the end)
+    .keras-audit.lock      held (with the holder's process id inside) while a run writes
+
+``manifest.json`` carries ``"store": "keras-audit"`` beside ``schema_version``
+(so someone else's ``manifest.json`` is never taken for a store) and ``files``:
+every path, relative to the store, that the store wrote. Re-running into a
+store removes exactly those, so a user's file dropped inside survives. An
+entry ending in ``/`` is a folder the store made whose whole content is its
+own (only the TensorBoard export's staging folder under ``work/``).
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from numbers import Integral
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+# 2: manifest gained "store", "files", dataset "fingerprint" and "tensorboard".
+SCHEMA_VERSION = 2
+STORE_MARKER = "keras-audit"
 
 MANIFEST = "manifest.json"
 PREDICTIONS = "predictions.parquet"
@@ -41,6 +51,10 @@ ACTIVATION_DIR = "activations"
 ACTIVATION_STATS = "activations/stats.json"
 TENSORBOARD_DIR = "tensorboard"
 WORK_DIR = "work"
+LOCK_FILE = ".keras-audit.lock"
+# manifest["tensorboard"]: the export's progress ("pending" until the logs are in place).
+TENSORBOARD_PENDING = "pending"
+TENSORBOARD_WRITTEN = "written"
 
 # Longest side of the stored copy of each example; heatmaps use the same size.
 STORED_IMAGE_MAX_SIDE = 128
@@ -86,10 +100,52 @@ def annotation_columns(columns) -> list[str]:
     ]
 
 
-def is_store(path) -> bool:
+def read_manifest_file(path) -> dict | None:
+    """The manifest of the folder ``path`` as a dict, or None if it has no readable JSON object one."""
+    import json
     from pathlib import Path
 
-    return (Path(path) / MANIFEST).is_file()
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def is_marked(manifest: dict | None) -> bool:
+    """A manifest written by this schema version or later (it lists the store's own files)."""
+    return bool(manifest) and manifest.get("store") == STORE_MARKER
+
+
+def is_legacy(manifest: dict | None) -> bool:
+    """A schema-1 manifest: keras-audit's before the marker, still readable, but it lists no files."""
+    return (
+        bool(manifest) and "store" not in manifest and manifest.get("schema_version") == 1
+        and isinstance(manifest.get("model"), dict) and isinstance(manifest.get("dataset"), dict)
+    )
+
+
+def is_store(path) -> bool:
+    """Whether ``path`` is a results store (marked, or a schema-1 one), judged by its manifest."""
+    manifest = read_manifest_file(path)
+    return is_marked(manifest) or is_legacy(manifest)
+
+
+def owned_path(rel: str) -> str | None:
+    """``rel`` as a store-relative POSIX path if it may be one of the store's own files, else None.
+
+    Absolute paths, ``..``, the manifest and the lock file are never a store's
+    listed file: a tampered list must not make a re-run delete outside the store.
+    """
+    import posixpath
+
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel:
+        return None
+    folder = rel.endswith("/")
+    norm = posixpath.normpath(rel)
+    if norm != rel.rstrip("/") or norm in (".", MANIFEST, LOCK_FILE) or norm.split("/")[0] == "..":
+        return None
+    return norm + "/" if folder else norm
 
 
 # JSON files of the store hold plain numbers, with NaN and infinity as null.
