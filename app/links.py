@@ -9,7 +9,11 @@ every run (the documented way to keep them).
 
 from __future__ import annotations
 
+import re
+
 import streamlit as st
+
+from audit.sinks.report import md_text
 
 OVERVIEW = "views/overview.py"
 GALLERY = "views/gallery.py"
@@ -75,6 +79,26 @@ def apply_gallery_request() -> dict | None:
         st.session_state[f"g_{name}"] = value
     st.session_state["g_page"] = 1
     return request
+
+
+def linked_example(values: list[str], indices) -> tuple[int | None, str | None]:
+    """The example a link's ``?example=`` values name, or None and a notice saying why it was ignored.
+
+    A link is typed or pasted by anyone, so a value that is not one decimal index of a stored
+    example ("²", "-1", "3.0", out of range, a gap left by a skipped image, the key given twice
+    with different values) is ignored with a notice instead of raising.
+    """
+    distinct = list(dict.fromkeys(values))
+    shown = md_text(", ".join(distinct))  # the notice is Markdown; the link's text is not
+    if len(distinct) > 1:
+        return None, f"Ignored the link's example={shown}: give one example index, not {len(distinct)}."
+    value = distinct[0] if distinct else ""
+    # ASCII digits only: str.isdigit() accepts "²", which int() then refuses.
+    index = int(value) if re.fullmatch(r"[0-9]{1,18}", value) else None
+    if index is None or index not in set(int(i) for i in indices):
+        span = f" ({min(indices)}–{max(indices)})" if len(indices) else ""
+        return None, f"Ignored the link's example={shown}: not an example index of this run{span}."
+    return index, None
 
 
 def open_example(index: int) -> None:

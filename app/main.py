@@ -24,6 +24,7 @@ import store_cache
 import streamlit as st
 
 from audit.errors import StoreError
+from audit.sinks.report import md_text
 
 
 def stores_from_argv(argv: list[str]) -> list[str]:
@@ -46,7 +47,7 @@ def pick_from_disk() -> list[str]:
     st.sidebar.header("Runs")
     if not found:
         st.title("keras-audit")
-        st.info(f"No results stores found under `{root}`. Create one with "
+        st.info(f"No results stores found under {md_text(root)}. Create one with "
                 "`keras-audit run MODEL DATA --out OUT` (or try `keras-audit demo`), then "
                 "start the app with `keras-audit app OUT`.")
         st.stop()
@@ -54,7 +55,7 @@ def pick_from_disk() -> list[str]:
                                  placeholder="pick a run", key="pick_run")
     if first is None:
         st.title("keras-audit")
-        st.write(f"{len(found)} results store(s) found under `{root}`. Pick one in the sidebar.")
+        st.write(f"{len(found)} results store(s) found under {md_text(root)}. Pick one in the sidebar.")
         st.dataframe([{"run": names[str(p)], "state": s} for p, s in found], hide_index=True)
         st.stop()
     others = [p for p in names if p != first]
@@ -64,7 +65,7 @@ def pick_from_disk() -> list[str]:
 
 
 def refuse(path: str, error: StoreError, *, which: str) -> None:
-    st.error(f"**Cannot open {which} `{path}`.**\n\n{error}", icon=":material/block:")
+    st.error(f"**Cannot open {which} {md_text(path)}.**\n\n{md_text(error)}", icon=":material/block:")
 
 
 def sidebar_summary(run: store_cache.RunRef, title: str) -> None:
@@ -72,11 +73,11 @@ def sidebar_summary(run: store_cache.RunRef, title: str) -> None:
     man = store_cache.manifest(run)
     explained = man.get("explained", {})
     st.sidebar.markdown(
-        f"**{title}: {run.name}**  \n"
-        f"`{run.path}`  \n"
+        f"**{title}: {md_text(run.name)}**  \n"
+        f"{md_text(run.path)}  \n"
         f"{m.get('num_examples', '?')} examples · {len(m.get('class_names', []))} classes · "
         f"accuracy {m.get('accuracy', float('nan')):.1%}  \n"
-        f"explained: {explained.get('count', 0)} ({', '.join(explained.get('methods', [])) or 'none'})"
+        f"explained: {explained.get('count', 0)} ({md_text(', '.join(explained.get('methods', [])) or 'none')})"
     )
 
 

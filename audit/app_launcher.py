@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 import subprocess
 import sys
@@ -22,6 +23,25 @@ from audit.errors import AuditError
 def app_entry() -> Path:
     """The app's entry script (``app/main.py`` beside the ``audit`` package)."""
     return Path(audit.__file__).resolve().parents[1] / "app" / "main.py"
+
+
+def exposure_warning(host: str) -> str | None:
+    """The one-line warning for binding ``host``, or None when only this machine can connect.
+
+    The app has no login, so anything past loopback (0.0.0.0, a LAN address, a host name other
+    than localhost, whose address we do not resolve here) shows every audited image to whoever
+    reaches the port.
+    """
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return (f"warning: serving the app on {host!r}, beyond this machine, with no login: anyone who can "
+            "reach this port can browse the audited images and results (use --host 127.0.0.1 to keep it local)")
 
 
 def command(stores: list[Path], host: str = "127.0.0.1", port: int = 8501) -> list[str]:
@@ -57,6 +77,9 @@ def launch(stores: list[Path], host: str = "127.0.0.1", port: int = 8501) -> int
     except ImportError:
         raise AuditError('the app needs Streamlit: pip install "keras-audit[app]"') from None
     cmd = command(list(stores), host, port)
+    warning = exposure_warning(host)
+    if warning:
+        print(warning, file=sys.stderr)
     proc = subprocess.Popen(cmd)
 
     def forward(signum, _frame):

@@ -421,7 +421,7 @@ class AuditCallback(keras.callbacks.Callback):
                 name = state.class_names[k]
                 description = (
                     f"{method} heatmaps (for the predicted class) of {int(mask.sum())} fixed validation images of "
-                    f"true class **{name}**; the frame is green when the prediction is right, red when wrong."
+                    f"true class **{tb.md_text(name)}**; the frame is green when the prediction is right, red when wrong."
                 )
                 tb.write_images(f"{method}/{name}", tb.overlay_images(x[mask], maps[mask], correct[mask]), step,
                                 description)

@@ -303,3 +303,62 @@ def expected_counts(store: str | Path) -> dict:
         "annotation": lambda col, value: int((frame[col] == value).sum()),
         "frame": frame,
     }
+
+
+# Strings that are markup in Markdown or HTML: a view that shows one as anything but its text
+# would run script, fetch a remote image or make a link.
+HOSTILE = {
+    "script": "<script>alert(1)</script>",
+    "img": "<img src=x onerror=alert(1)>",
+    "md_img": "![x](http://example.invalid/p.png)",
+    "js_link": "[link](javascript:alert(1))",
+    "bold": "**bold** a|b",
+    "math": "$\\frac{$ costs $5",  # mathtext in matplotlib and Streamlit; unbalanced, so it would raise
+}
+HOSTILE_CLASSES = (HOSTILE["script"] + " " + HOSTILE["math"], HOSTILE["md_img"],
+                   HOSTILE["js_link"] + " " + HOSTILE["bold"])
+HOSTILE_COLUMNS = {"cue": HOSTILE["img"], "background": "**bold**|column"}
+HOSTILE_VALUES = {"present": HOSTILE["md_img"], "absent": HOSTILE["js_link"], "dark": HOSTILE["script"],
+                  "light": HOSTILE["bold"]}
+HOSTILE_LAYER = "backbone/**conv**[x](javascript:alert(1))"
+
+
+def hostile_store(source: str | Path, out: str | Path) -> Path:
+    """``source`` copied with user-controlled strings made hostile (see :data:`HOSTILE`).
+
+    Class names, annotation column names and values, example paths, the model's name and path,
+    the dataset's source, a note and a layer name: every string a user's files put in a store.
+    """
+    source, out = Path(source), Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(source, out)
+    frame = pd.read_parquet(out / schema.PREDICTIONS)
+    for column in ("cue", "background"):
+        frame[column] = frame[column].map(HOSTILE_VALUES).astype("string")
+    frame = frame.rename(columns=HOSTILE_COLUMNS)
+    frame["path"] = pd.array([f"{HOSTILE['md_img']}/`{HOSTILE['script']}`{i}.png" for i in frame["index"]],
+                             dtype="string")
+    manifest = json.loads((out / schema.MANIFEST).read_text())
+    _hostile_layer(out, manifest, LAYERS[-1])
+    manifest["model"] = {**manifest["model"], "name": HOSTILE["img"] + HOSTILE["md_img"],
+                         "path": f"/models/{HOSTILE['js_link']}.keras"}
+    manifest["dataset"] = {**manifest["dataset"], "source": f"/data/{HOSTILE['script']}"}
+    manifest["class_names"] = list(HOSTILE_CLASSES)
+    manifest["notes"] = [f"note {HOSTILE['md_img']} {HOSTILE['script']}"]
+    write_parquet(out / schema.PREDICTIONS, frame)
+    metrics = compute_metrics(frame, list(HOSTILE_CLASSES), bootstrap=manifest["options"]["bootstrap"], seed=0)
+    write_json(out / schema.METRICS, metrics)
+    write_json(out / schema.MANIFEST, manifest)
+    return out
+
+
+def _hostile_layer(out: Path, manifest: dict, layer: str) -> None:
+    """Rename one stored layer to :data:`HOSTILE_LAYER` (its file, its statistics, the manifest)."""
+    (out / schema.activation_file(layer)).rename(out / schema.activation_file(HOSTILE_LAYER))
+    stats = json.loads((out / schema.ACTIVATION_STATS).read_text())
+    stats[HOSTILE_LAYER] = stats.pop(layer)
+    write_json(out / schema.ACTIVATION_STATS, stats)
+    explained = manifest["explained"]
+    explained["activation_layers"] = [HOSTILE_LAYER if x == layer else x for x in explained["activation_layers"]]
+    explained["layer"] = HOSTILE_LAYER

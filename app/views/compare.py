@@ -11,6 +11,7 @@ import store_cache
 import streamlit as st
 
 from audit.errors import StoreError
+from audit.sinks.report import md_text
 
 PER_PAGE = 8
 WINNER = {"a": "A better", "b": "B better", "tie": "no clear winner", None: "—"}
@@ -23,11 +24,11 @@ if run_b is None:
 try:
     result = store_cache.comparison(run_a, run_b)
 except StoreError as e:
-    st.error(f"**These two runs cannot be compared.**\n\n{e}", icon=":material/block:")
+    st.error(f"**These two runs cannot be compared.**\n\n{md_text(e)}", icon=":material/block:")
     st.stop()
 
-st.markdown(f"**A** · {result['a']['model']} · `{result['a']['path']}`  \n"
-            f"**B** · {result['b']['model']} · `{result['b']['path']}`")
+st.markdown(f"**A** · {md_text(result['a']['model'])} · {md_text(result['a']['path'])}  \n"
+            f"**B** · {md_text(result['b']['model'])} · {md_text(result['b']['path'])}")
 st.caption(f"{result['num_examples']} examples; differences are B − A with paired bootstrap 95% intervals "
            f"({result['bootstrap']} resamples): a model wins where the whole interval is on its side of zero.")
 
@@ -96,7 +97,7 @@ common = [m for m in methods_a if m in methods_b]
 a, b, c = st.columns([3, 3, 2])
 who = a.radio("Right answer from", ["any", "A only", "B only", "neither"], horizontal=True, key="cmp_right")
 method = b.radio("Heatmap", [*common, "none"], horizontal=True, key="cmp_method",
-                 format_func=lambda m: store_cache.METHOD_TITLES.get(m, m))
+                 format_func=lambda m: md_text(store_cache.METHOD_TITLES.get(m, m)))  # radio options are Markdown
 alpha = c.slider("Opacity", 0.0, 1.0, 0.45, 0.05, key="cmp_alpha")
 wanted = {"any": None, "A only": "a", "B only": "b", "neither": "neither"}[who]
 rows = disagreements if wanted is None else disagreements[disagreements["right"] == wanted]
@@ -114,11 +115,12 @@ for r in rows.iloc[(page - 1) * PER_PAGE: page * PER_PAGE].to_dict("records"):
         left, mid, right = st.columns([1, 1, 2])
         for col, run, side, explained in ((left, run_a, "a", explained_a), (mid, run_b, "b", explained_b)):
             col.image(store_cache.picture(run, i, method, alpha), width="stretch",
-                      caption=f"{side.upper()}: {r['pred_' + side]} ({r['confidence_' + side]:.0%})"
+                      caption=f"{side.upper()}: {md_text(r['pred_' + side])} ({r['confidence_' + side]:.0%})"
                               + ("" if method is None or i in explained else " · no map"))
-        right.markdown(f"**#{i}** · true **{r['label']}**  \n"
-                       f"A says {r['pred_a']} ({r['confidence_a']:.1%}) · B says {r['pred_b']} ({r['confidence_b']:.1%})  \n"
+        right.markdown(f"**#{i}** · true **{md_text(r['label'])}**  \n"
+                       f"A says {md_text(r['pred_a'])} ({r['confidence_a']:.1%}) · "
+                       f"B says {md_text(r['pred_b'])} ({r['confidence_b']:.1%})  \n"
                        f"right: **{ {'a': 'A', 'b': 'B', 'neither': 'neither'}[r['right']] }**"
-                       + (f"  \n`{r['path']}`" if r.get("path") else ""))
+                       + (f"  \n{md_text(r['path'])}" if r.get("path") else ""))
         if right.button("Open in example detail (A)", key=f"cmp_open_{i}"):
             links.open_example(i)

@@ -10,6 +10,7 @@ import store_cache
 import streamlit as st
 
 from audit.errors import StoreError
+from audit.sinks.report import md_text
 from audit.store import schema
 
 run, _ = store_cache.active()
@@ -24,7 +25,7 @@ if not curves:
     st.stop()
 positive = (m.get("curves") or {}).get("positive_class")
 if positive is not None:
-    st.caption(f"Binary model: curves are for the positive class {positive!r}.")
+    st.caption(f"Binary model: curves are for the positive class {md_text(repr(positive))}.")
 
 by_index = {c["index"]: c for c in curves}
 if st.session_state.get("cv_class") not in by_index:
@@ -65,12 +66,12 @@ roc_point = pd.DataFrame([{"fpr": point["fpr"], "tpr": point["recall"], "thresho
 
 left, right = st.columns(2)
 with left:
-    st.markdown(f"**Precision–recall** · average precision of {chosen['class']}: "
+    st.markdown(f"**Precision–recall** · average precision of {md_text(chosen['class'])}: "
                 f"{chosen.get('average_precision') or float('nan'):.3f}")
     st.altair_chart(charts.curve(pd.concat(pr_lines), "recall", "precision", "recall", "precision", pr_point),
                     width="stretch", key="cv_pr")
 with right:
-    st.markdown(f"**ROC** · area under the curve of {chosen['class']}: {chosen.get('roc_auc') or float('nan'):.3f}")
+    st.markdown(f"**ROC** · area under the curve of {md_text(chosen['class'])}: {chosen.get('roc_auc') or float('nan'):.3f}")
     st.altair_chart(charts.curve(pd.concat(roc_lines), "fpr", "tpr", "false positive rate", "true positive rate",
                                  roc_point, diagonal=True), width="stretch", key="cv_roc")
 
@@ -79,7 +80,7 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-st.subheader(f"At threshold {threshold:.2f}: {chosen['class']} against the rest")
+st.subheader(f"At threshold {threshold:.2f}: {md_text(chosen['class'])} against the rest")
 cols = st.columns([1, 1, 1, 3])
 cols[0].metric("Precision", _fmt(point["precision"]))
 cols[1].metric("Recall", _fmt(point["recall"]))
@@ -107,7 +108,7 @@ if slice_names:
     try:
         labels = store_cache.slice_labels(run, name)
     except StoreError as e:
-        st.error(str(e))
+        st.error(md_text(e))
         st.stop()
     table = operating_point.per_slice(score, truth, labels, column["values"], threshold)
     st.dataframe(table[["value", "n", "positives", "precision", "recall", "f1", "tp", "fp", "fn", "tn"]],

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import charts
 import links
+import numpy as np
 import pandas as pd
 import store_cache
 import streamlit as st
 
+from audit.sinks.report import md_text
 from audit.store import schema
 
 run, _ = store_cache.active()
@@ -16,15 +18,21 @@ names = store_cache.class_names(run)
 methods = store_cache.heatmap_methods(run)
 explained = store_cache.explained(run)
 count = len(frame)
+# Stored indices are positions in the dataset listing: a skipped image leaves a gap.
+indices = np.sort(frame["index"].to_numpy())
 
 # A link (?example=17) wins over the session's last choice, once per distinct link.
-linked = st.query_params.get("example")
-if linked is not None and linked != st.session_state.get("_ex_linked"):
+linked = st.query_params.get_all("example")
+notice = None
+if linked and linked != st.session_state.get("_ex_linked"):
     st.session_state["_ex_linked"] = linked
-    if linked.isdigit() and int(linked) < count:
-        st.session_state[links.EXAMPLE_INDEX] = int(linked)
-st.session_state.setdefault(links.EXAMPLE_INDEX, int(explained[0]) if len(explained) else 0)
-st.session_state[links.EXAMPLE_INDEX] = min(max(0, int(st.session_state[links.EXAMPLE_INDEX])), count - 1)
+    chosen, notice = links.linked_example(linked, indices)
+    if chosen is not None:
+        st.session_state[links.EXAMPLE_INDEX] = chosen
+st.session_state.setdefault(links.EXAMPLE_INDEX, int(explained[0]) if len(explained) else int(indices[0]))
+# The nearest stored index at or after the asked one (the number box can land in a gap).
+asked = int(st.session_state[links.EXAMPLE_INDEX])
+st.session_state[links.EXAMPLE_INDEX] = int(indices[min(np.searchsorted(indices, asked), len(indices) - 1)])
 
 
 def _step(order: list[int], by: int) -> None:
@@ -36,10 +44,13 @@ def _step(order: list[int], by: int) -> None:
 
 
 st.title("Example detail")
+if notice:
+    st.info(notice)
 order = st.session_state.get(links.GALLERY_ORDER) or frame["index"].tolist()
 explained_list = explained.tolist()
 nav = st.columns([2, 1, 1, 1, 1], vertical_alignment="bottom")
-nav[0].number_input(f"Example index (0–{count - 1})", min_value=0, max_value=count - 1, step=1, key=links.EXAMPLE_INDEX)
+nav[0].number_input(f"Example index ({indices[0]}–{indices[-1]})", min_value=int(indices[0]),
+                    max_value=int(indices[-1]), step=1, key=links.EXAMPLE_INDEX)
 nav[1].button("◀ Previous in gallery", on_click=_step, args=(order, -1), key="ex_prev", width="stretch")
 nav[2].button("Next in gallery ▶", on_click=_step, args=(order, 1), key="ex_next", width="stretch")
 nav[3].button("Next explained ▶", on_click=_step, args=(explained_list, 1), key="ex_next_explained",
@@ -49,13 +60,13 @@ if nav[4].button("Back to gallery", key="ex_back", width="stretch"):
 
 index = int(st.session_state[links.EXAMPLE_INDEX])
 st.query_params["example"] = str(index)
-st.session_state["_ex_linked"] = str(index)
+st.session_state["_ex_linked"] = [str(index)]
 row = frame.loc[frame["index"] == index].iloc[0]
 true, pred = names[int(row["label"])], names[int(row["pred"])]
 verdict = "correct" if row["correct"] else "wrong"
-st.subheader(f"#{index} · true {true} · predicted {pred} ({row['confidence']:.1%}) · {verdict}")
+st.subheader(f"#{index} · true {md_text(true)} · predicted {md_text(pred)} ({row['confidence']:.1%}) · {verdict}")
 if isinstance(row.get("path"), str) and row["path"]:
-    st.caption(f"`{row['path']}`")
+    st.caption(md_text(row["path"]))
 
 has_maps = store_cache.reader(run).has_heatmap(index)
 st.session_state.setdefault("ex_alpha", 0.45)
@@ -64,12 +75,12 @@ panels[0].image(store_cache.picture(run, index, at_least=192), caption="image", 
 if has_maps:
     for col, method in zip(panels[1:], methods):
         col.image(store_cache.picture(run, index, method, st.session_state.ex_alpha, at_least=192),
-                  caption=store_cache.METHOD_TITLES.get(method, method), width="stretch")
+                  caption=md_text(store_cache.METHOD_TITLES.get(method, method)), width="stretch")
     with st.expander("Raw maps"):
         raw = st.columns(len(methods))
         for col, method in zip(raw, methods):
             col.image(store_cache.heatmap_colours(run, method, index), width="stretch",
-                      caption=f"{store_cache.METHOD_TITLES.get(method, method)} (0 blue … 1 red)")
+                      caption=f"{md_text(store_cache.METHOD_TITLES.get(method, method))} (0 blue … 1 red)")
     st.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key="ex_alpha")
 else:
     st.info(f"No heatmaps or activations for this example: the run explained {len(explained)} of {count} "
@@ -109,7 +120,8 @@ else:
     h, w, channels = shape
     left, right = st.columns([3, 2])
     left.image(mosaic, width="stretch",
-               caption=f"{layer}: {shown} of {channels} channels ({h}×{w}), each stretched over its own range")
+               caption=f"{md_text(layer)}: {shown} of {channels} channels ({h}×{w}), "
+                       "each stretched over its own range")
     with right:
         st.altair_chart(charts.channel_stats(stats), width="stretch", key="ex_channel_chart")
         st.caption("Bars: this example's mean per channel; red ticks: the mean over the whole dataset.")

@@ -15,6 +15,7 @@ import store_cache
 import streamlit as st
 
 from audit.errors import StoreError
+from audit.sinks.report import md_text
 
 COLUMNS = 6
 
@@ -60,7 +61,7 @@ with st.container(border=True):
     d.selectbox("Sort", example_filter.SORTS, key="g_sort")
     a, b, c = st.columns([4, 4, 3])
     a.radio("Heatmap", [*methods, "none"], key="g_method", horizontal=True,
-            format_func=lambda m: store_cache.METHOD_TITLES.get(m, m))
+            format_func=lambda m: md_text(store_cache.METHOD_TITLES.get(m, m)))  # radio options are Markdown
     b.slider("Opacity", 0.0, 1.0, step=0.05, key="g_alpha", disabled=st.session_state.g_method == "none")
     c.selectbox("Per page", (12, 24, 48, 96), key="g_page_size")
 
@@ -78,7 +79,7 @@ if column and filters.values:
     try:
         labels = store_cache.slice_labels(run, column["column"])
     except StoreError as e:
-        st.error(f"The annotation filter is ignored: {e}")
+        st.error(f"The annotation filter is ignored: {md_text(e)}")
         filters = dataclasses.replace(filters, values=())
 shown = example_filter.select(frame, filters, labels, sort=st.session_state.g_sort)
 st.session_state[links.GALLERY_ORDER] = shown.tolist()
@@ -103,7 +104,7 @@ for row_start in range(0, len(page), COLUMNS):
         mark = "✓" if r["correct"] else "✗"
         note = "" if method is None or int(i) in filters.explained else " · no map"
         col.image(picture, width="stretch",
-                  caption=f"{mark} #{int(i)} · {names[int(r['label'])]} → {names[int(r['pred'])]} · "
+                  caption=f"{mark} #{int(i)} · {md_text(names[int(r['label'])])} → {md_text(names[int(r['pred'])])} · "
                           f"{r['confidence']:.0%}{note}")
         if col.button(f"Open #{int(i)}", key=f"g_open_{int(i)}", width="stretch"):
             links.open_example(int(i))

@@ -8,6 +8,8 @@ import pandas as pd
 import store_cache
 import streamlit as st
 
+from audit.sinks.report import md_text
+
 
 def _ci(ci) -> str:
     return f"[{ci[0]:.1%}, {ci[1]:.1%}]" if ci and None not in ci else "n/a"
@@ -22,9 +24,9 @@ m = store_cache.metrics(run)
 names = m["class_names"]
 explained = store_cache.manifest(run).get("explained", {})
 
-st.title(f"Overview · {run.name}")
-st.caption(f"`{run.path}` · {m['num_examples']} examples · {len(names)} classes · "
-           f"finished {store_cache.manifest(run).get('finished_at', '?')}")
+st.title(f"Overview · {md_text(run.name)}")
+st.caption(f"{md_text(run.path)} · {m['num_examples']} examples · {len(names)} classes · "
+           f"finished {md_text(store_cache.manifest(run).get('finished_at', '?'))}")
 
 cols = st.columns(6)
 cols[0].metric("Accuracy", _number(m.get("accuracy"), ".1%"), help=f"95% interval {_ci(m.get('accuracy_ci'))}")
@@ -33,7 +35,8 @@ cols[1].metric("Balanced accuracy", _number(m.get("balanced_accuracy"), ".1%"),
 cols[2].metric("Macro F1", _number(m.get("macro_f1"), ".3f"))
 cols[3].metric("Log loss", _number(m.get("log_loss"), ".3f"))
 cols[4].metric("ECE", _number((m.get("calibration") or {}).get("ece"), ".3f"), help="expected calibration error")
-cols[5].metric("Explained", f"{explained.get('count', 0)}", help=", ".join(explained.get("methods", [])) or "none")
+cols[5].metric("Explained", f"{explained.get('count', 0)}",
+               help=md_text(", ".join(explained.get("methods", [])) or "none"))
 st.caption(f"Accuracy 95% interval {_ci(m.get('accuracy_ci'))} · "
            f"balanced accuracy {_ci(m.get('balanced_accuracy_ci'))}")
 
@@ -112,4 +115,4 @@ notes = list(m.get("notes") or [])
 if notes:
     with st.expander(f"Notes ({len(notes)})"):
         for note in notes:
-            st.markdown(f"- {note}")
+            st.markdown(f"- {md_text(note)}")

@@ -7,6 +7,8 @@ import links
 import store_cache
 import streamlit as st
 
+from audit.sinks.report import md_text
+
 run, _ = store_cache.active()
 m = store_cache.metrics(run)
 columns = store_cache.slice_columns(run)
@@ -17,7 +19,7 @@ st.title("Slices")
 skipped = (m.get("slices") or {}).get("skipped") or []
 if not singles:
     st.info("This run has no annotation to slice by."
-            + (" Skipped: " + "; ".join(f"{s['column']} ({s['reason']})" for s in skipped) if skipped else ""))
+            + (" Skipped: " + md_text("; ".join(f"{s['column']} ({s['reason']})" for s in skipped)) if skipped else ""))
     st.stop()
 
 
@@ -42,7 +44,7 @@ name = _pair(first, second)
 column = by_name[name]
 rows = store_cache.slice_rows(run, name)
 
-details = [f"kind: {column['kind']}"]
+details = [f"kind: {md_text(column['kind'])}"]
 if column.get("bin_edges"):
     details.append("quantile bins of the values")
 if column.get("missing"):
@@ -57,7 +59,7 @@ if disparity:
         return "no interval" if not ci or None in ci else f"[{format(ci[0], fmt)}, {format(ci[1], fmt)}]"
 
     cols[0].metric("Accuracy gap (best − worst)", f"{disparity['accuracy_gap']:.1%}",
-                   help=f"{disparity['best']} vs {disparity['worst']}; 95% interval {_ci(disparity.get('accuracy_gap_ci'), '.1%')}")
+                   help=f"{md_text(disparity['best'])} vs {md_text(disparity['worst'])}; 95% interval {_ci(disparity.get('accuracy_gap_ci'), '.1%')}")
     cols[0].caption(f"95% interval {_ci(disparity.get('accuracy_gap_ci'), '.1%')}")
     if disparity.get("accuracy_ratio") is not None:
         cols[1].metric("Accuracy ratio (worst / best)", f"{disparity['accuracy_ratio']:.2f}")
@@ -65,8 +67,8 @@ if disparity:
     if disparity.get("equal_opportunity_gap") is not None:
         cols[2].metric("Equal-opportunity gap", f"{disparity['equal_opportunity_gap']:.1%}",
                        help=f"largest spread of one class's recall between values "
-                            f"(class {disparity.get('equal_opportunity_class')})")
-        cols[2].caption(f"class {disparity.get('equal_opportunity_class')} · 95% interval "
+                            f"(class {md_text(disparity.get('equal_opportunity_class'))})")
+        cols[2].caption(f"class {md_text(disparity.get('equal_opportunity_class'))} · 95% interval "
                         f"{_ci(disparity.get('equal_opportunity_gap_ci'), '.1%')}")
 
 st.caption("Bars: accuracy of each slice with its 95% (Wilson) interval; numbers: slice sizes; dashed line: "
@@ -97,4 +99,4 @@ if b.button("Show its examples", key="sl_open"):
     links.open_gallery(annotation=name, values=[value])
 
 if skipped:
-    st.caption("Not sliced: " + "; ".join(f"{s['column']} ({s['reason']})" for s in skipped))
+    st.caption("Not sliced: " + md_text("; ".join(f"{s['column']} ({s['reason']})" for s in skipped)))

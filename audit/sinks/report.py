@@ -27,6 +27,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from audit.errors import AuditError, StoreError
 from audit.metrics.slices import worst_slices
 from audit.store import schema
 from audit.store.reader import Reader
+from audit.store.writer import atomic_write_bytes, write_owned_file
 from audit.viz import overlay
 
 FORMATS = ("md", "html")
@@ -65,6 +68,34 @@ class Block:
     rows: list[list[str]] = field(default_factory=list)
     pictures: list[Picture] = field(default_factory=list)
     items: list[str] = field(default_factory=list)
+
+
+# -- escaping ----------------------------------------------------------------------------------
+# Class names, annotations, paths and notes come from the user's files, and a Markdown view
+# (GitHub, TensorBoard's text plugin, Streamlit) would turn `![x](http://…)` into a fetch of a
+# remote image or `<script>` into script. HTML's own characters become entities (never markup in
+# CommonMark or Python-Markdown); `~` and `$` too, because Python-Markdown, which TensorBoard
+# uses, would show a backslash before them. The rest are backslash-escaped, as both accept.
+_MD_TABLE = str.maketrans({
+    "<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&#x27;", "~": "&#126;", "$": "&#36;",
+    **{c: "\\" + c for c in "\\`*[]{}|#"},
+})
+# `_` inside a word is never emphasis (so `tiny_cnn` stays readable); elsewhere it may be.
+_MD_UNDERSCORE = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
+# List markers count only at the start of a line, and every escaped string may start one.
+_MD_LEADING = re.compile(r"^([-+])|^(\d+)([.)])")
+
+
+def md_text(value) -> str:
+    """``value`` as Markdown that renders as exactly its text, on one line: no links, images or HTML."""
+    text = re.sub(r"\s+", " ", str(value)).translate(_MD_TABLE)
+    text = _MD_UNDERSCORE.sub(r"\\_", text)
+    return _MD_LEADING.sub(lambda m: f"\\{m[1]}" if m[1] else f"{m[2]}\\{m[3]}", text)
+
+
+def _plot_text(value) -> str:
+    """``value`` for a matplotlib label: a ``$`` would start mathtext (and an unbalanced one raises)."""
+    return str(value).replace("$", r"\$")
 
 
 # -- formatting ----------------------------------------------------------------------------
@@ -124,8 +155,9 @@ def curves_picture(metrics: dict) -> Picture | None:
     fig, (pr_ax, roc_ax) = _figure(10, 4.2, cols=2)
     for c in drawn:
         pr_ax.plot(c["pr"]["recall"], c["pr"]["precision"], lw=1.2,
-                   label=f"{c['class']} (AP {_num(c['average_precision'], 2)})")
-        roc_ax.plot(c["roc"]["fpr"], c["roc"]["tpr"], lw=1.2, label=f"{c['class']} (AUC {_num(c['roc_auc'], 2)})")
+                   label=f"{_plot_text(c['class'])} (AP {_num(c['average_precision'], 2)})")
+        roc_ax.plot(c["roc"]["fpr"], c["roc"]["tpr"], lw=1.2,
+                    label=f"{_plot_text(c['class'])} (AUC {_num(c['roc_auc'], 2)})")
     for key, style in (("macro", "--"), ("micro", ":")):
         avg = curves.get(key)
         if avg:
@@ -171,7 +203,7 @@ def slices_picture(rows: list[dict], overall: float | None) -> Picture | None:
     lo = np.array([r["ci"][0] for r in rows])
     hi = np.array([r["ci"][1] for r in rows])
     ax.barh(range(len(rows)), acc, color="#e45756", xerr=[acc - lo, hi - acc], capsize=3)
-    ax.set_yticks(range(len(rows)), [f"{r['column']} = {r['value']}" for r in rows], fontsize=8)
+    ax.set_yticks(range(len(rows)), [_plot_text(f"{r['column']} = {r['value']}") for r in rows], fontsize=8)
     if overall is not None:
         ax.axvline(overall, color="k", lw=1, ls="--", label=f"overall {overall:.3f}")
         ax.legend(fontsize=8, loc="lower right")
@@ -181,7 +213,7 @@ def slices_picture(rows: list[dict], overall: float | None) -> Picture | None:
 
 def confusion_picture(metrics: dict) -> Picture | None:
     cm = np.asarray(metrics.get("confusion_matrix") or [], float)
-    names = metrics.get("class_names") or []
+    names = [_plot_text(n) for n in metrics.get("class_names") or []]
     if cm.ndim != 2 or not len(cm) or len(cm) > CONFUSION_MAX_CLASSES:
         return None
     share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -484,30 +516,30 @@ def render_html(title: str, blocks: list[Block]) -> str:
     return "\n".join(out)
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def render_markdown(title: str, blocks: list[Block], assets: str) -> tuple[str, dict[str, bytes]]:
-    """Markdown text, and the picture files it links to (relative names under ``assets``)."""
-    out, files = [f"# {title}", ""], {}
+    """Markdown text, and the picture files it links to (relative names under ``assets``).
+
+    Blocks hold plain text, so every piece is escaped here, where it becomes Markdown.
+    """
+    out, files = [f"# {md_text(title)}", ""], {}
     for b in blocks:
         if b.kind == "heading":
-            out += ["#" * b.level + " " + b.text, ""]
+            out += ["#" * b.level + " " + md_text(b.text), ""]
         elif b.kind == "text":
-            out += [b.text, ""]
+            out += [md_text(b.text), ""]
         elif b.kind == "bullets":
-            out += [f"- {i}" for i in b.items] + [""]
+            out += [f"- {md_text(i)}" for i in b.items] + [""]
         elif b.kind == "table":
-            out.append("| " + " | ".join(_md_cell(h) for h in b.headers) + " |")
+            out.append("| " + " | ".join(md_text(h) for h in b.headers) + " |")
             out.append("|" + "---|" * len(b.headers))
-            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
+            out += ["| " + " | ".join(md_text(c) for c in row) + " |" for row in b.rows]
             out.append("")
         elif b.kind == "pictures":
             for p in b.pictures:
                 rel = f"{assets}/{p.name}.png"
                 files[rel] = p.png
-                out.append(f"![{p.alt}]({rel})")
+                # The folder is named after the report file, which may hold spaces or parentheses.
+                out.append(f"![{md_text(p.alt)}]({urllib.parse.quote(rel)})")
             out.append("")
     return "\n".join(out), files
 
@@ -519,7 +551,8 @@ def write_report(store_dir: Path, fmt: str = "html", out: Path | None = None) ->
         store_dir: a finished results store.
         fmt: ``"html"`` (one self-contained file) or ``"md"`` (pictures in ``<name>_files/``).
         out: the file to write; default ``store_dir/report.<fmt>``. A directory
-            gets ``report.<fmt>`` inside it.
+            gets ``report.<fmt>`` inside it. Files written inside the store are
+            listed as its own (a re-run into the store removes them).
 
     Raises:
         StoreError: the store is missing, incomplete, or has no metrics.json.
@@ -532,14 +565,21 @@ def write_report(store_dir: Path, fmt: str = "html", out: Path | None = None) ->
     path = Path(out) if out is not None else Path(store_dir) / f"report.{fmt}"
     if path.is_dir():
         path = path / f"report.{fmt}"
-    path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "html":
-        path.write_text(render_html(title, blocks), encoding="utf-8")
+        _write_file(run.path, path, render_html(title, blocks).encode("utf-8"))
         return path
     text, files = render_markdown(title, blocks, f"{path.stem}_files")
-    for rel, data in files.items():
-        target = path.parent / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    path.write_text(text, encoding="utf-8")
+    for rel, data in files.items():  # pictures first: the report links to them
+        _write_file(run.path, path.parent / rel, data)
+    _write_file(run.path, path, text.encode("utf-8"))
     return path
+
+
+def _write_file(store: Path, path: Path, data: bytes) -> None:
+    """Write atomically; inside the store, as one of the store's own files, so a re-run removes it."""
+    try:
+        rel = path.resolve().relative_to(store.resolve())
+    except ValueError:
+        atomic_write_bytes(path, data)
+        return
+    write_owned_file(store, rel.as_posix(), data)

@@ -46,6 +46,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from audit.errors import AuditError, StoreError
+# Descriptions and the text plugin are Markdown: every user string in them goes through md_text.
+from audit.sinks.report import md_text
 from audit.store import schema
 from audit.store.reader import Reader
 
@@ -136,7 +138,8 @@ def write_pr_curves(labels, probs, class_names: Sequence[str], step: int, *, sub
         probs: class probabilities (N, C).
         class_names: C names; tags are ``pr/<class>`` or ``pr/<class>/<subset>``.
         subset: a tag suffix naming the examples (e.g. ``"cue_agrees/no"``).
-        about: Markdown sentence describing those examples, for the description.
+        about: Markdown sentence describing those examples, for the description (user strings
+            in it already escaped with :func:`md_text`).
 
     TensorFlow 2 has no eager PR-curve op, so the proto comes from the
     plugin's numpy ``pb`` and is written raw. Returns the tags TensorBoard
@@ -154,7 +157,7 @@ def write_pr_curves(labels, probs, class_names: Sequence[str], step: int, *, sub
             continue
         tag = f"pr/{name}/{subset}" if subset else f"pr/{name}"
         description = (
-            f"One-vs-rest precision and recall of class **{name}** over {len(labels)} examples "
+            f"One-vs-rest precision and recall of class **{md_text(name)}** over {len(labels)} examples "
             f"({int(positive.sum())} positives). {about}"
         ).strip()
         proto = pr_summary.pb(tag, positive, probs[:, k], num_thresholds=PR_THRESHOLDS, description=description)
@@ -288,7 +291,8 @@ def _export_pr_curves(run: Reader) -> None:
     metrics = run.metrics
     for row, mask in _slice_masks(frame, metrics, worst_slices(metrics, k=SLICE_CURVES)):
         about = (
-            f"Only the {int(mask.sum())} examples with {row['column']} = {row['value']}: a flagged slice, "
+            f"Only the {int(mask.sum())} examples with {md_text(row['column'])} = {md_text(row['value'])}: "
+            "a flagged slice, "
             f"accuracy {row['accuracy']:.3f}, {row['gap']:+.3f} against the other examples."
         )
         write_pr_curves(labels[mask], probs[mask], run.class_names, 0,
@@ -307,9 +311,10 @@ def _explained_choice(frame, explained: set[int], label: int) -> tuple[list[int]
 
 def _caption(frame_by_index, index: int, names: list[str]) -> str:
     row = frame_by_index.loc[index]
-    where = f" `{row['path']}`" if isinstance(row.get("path"), str) else ""
-    return (f"example {index}{where}: true {names[int(row['label'])]}, predicted {names[int(row['pred'])]} "
-            f"({float(row['confidence']):.2f})")
+    # Not a code span: a backtick in the path would end it and let the rest be Markdown.
+    where = f" {md_text(row['path'])}" if isinstance(row.get("path"), str) else ""
+    return (f"example {index}{where}: true {md_text(names[int(row['label'])])}, "
+            f"predicted {md_text(names[int(row['pred'])])} ({float(row['confidence']):.2f})")
 
 
 def _export_images(run: Reader) -> None:
@@ -331,7 +336,7 @@ def _export_images(run: Reader) -> None:
             for method in methods:
                 maps = [run.heatmap(method, i) for i in chosen]
                 order = "most confident first" if kind == "mistakes" else "a sample"
-                description = (f"{method} overlays of {kind} on true class **{name}** ({order}); "
+                description = (f"{md_text(method)} overlays of {kind} on true class **{md_text(name)}** ({order}); "
                                f"the frame is red for a mistake, green for a correct prediction.\n\n{listing}")
                 write_images(f"{method}/{name}/{kind}", overlay_images(images, maps, correct), 0, description)
 
@@ -539,5 +544,8 @@ def export(store_dir: str | Path, logdir: str | Path | None = None) -> Path:
             _export_hparams(run)
     finally:
         writer.close()
+    from audit.progress import checkpoint
+
+    checkpoint("tensorboard")  # test-only kill point (audit.progress): event file written, projector not yet
     _export_projector(run, target)
     return target
