@@ -7,6 +7,7 @@ bug and exits 1 with its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from fractions import Fraction
@@ -32,14 +33,24 @@ def _rescale(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def _int_at_least(low: int):
+    """An argparse type: a whole number of at least ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}; received {value}")
+        return value
+
+    parse.__name__ = "whole number"  # argparse names the type in its messages
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_count = _int_at_least(0)
 
 
 def _explainers(text: str) -> tuple[str, ...]:
@@ -59,16 +70,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rescale", type=_rescale, default=1.0, help="multiply pixels (0..255) by this, e.g. 1/255 (default: none)")
     p.add_argument("--explain", type=_explainers, default=None,
                    help="comma list of gradcam, gradcam++, occlusion, activations, or none (default: gradcam,occlusion)")
-    p.add_argument("--explain-limit", type=int, default=500,
+    p.add_argument("--explain-limit", type=_count, default=500,
                    help="explain at most N examples, chosen to cover confident mistakes, classes and slices (0: all)")
     p.add_argument("--layer", help="layer for Grad-CAM (default: last layer with a 4-D output; 'backbone/conv' reaches nested models)")
     p.add_argument("--occlusion-patch", type=_positive_int, help="occlusion patch size in pixels (default: 1/8 of the shorter side)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for confidence intervals")
-    p.add_argument("--min-slice-size", type=int, default=30)
+    p.add_argument("--bootstrap", type=_count, default=1000, help="bootstrap resamples for confidence intervals")
+    p.add_argument("--min-slice-size", type=_positive_int, default=30)
     p.add_argument("--slice-pairs", action=argparse.BooleanOptionalAction, default=None,
                    help="also slice by pairs of annotation columns (default: on with at most 4 columns)")
     p.add_argument("--class-names", help="comma-separated class names in model output order")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_count, default=0)
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -96,6 +107,7 @@ def _options(args):
 def summary(out: Path) -> None:
     """Print the headline of a finished run: accuracy, worst slices, where to look next."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from audit.metrics import worst_slices
@@ -106,12 +118,12 @@ def summary(out: Path) -> None:
     console = Console(highlight=False)
     model = run.model_info
     console.print(
-        f"\n[bold]{model['name']}[/] on {m['num_examples']} examples: "
+        f"\n[bold]{escape(model['name'])}[/] on {m['num_examples']} examples: "
         f"accuracy [bold]{m['accuracy']:.3f}[/], balanced accuracy {m.get('balanced_accuracy', float('nan')):.3f}"
         + (" (logits: softmax applied)" if model.get("softmax_applied") else "")
     )
     for note in run.manifest.get("notes", []):
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
     worst = worst_slices(m, k=5)
     if worst:
         table = Table(title="Worst flagged slices (gap to the rest, 95% CI)", title_justify="left")
@@ -120,17 +132,18 @@ def summary(out: Path) -> None:
         for row in worst:
             lo, hi = row["gap_ci"]
             table.add_row(
-                f"{row['column']} = {row['value']}", str(row["n"]), f"{row['accuracy']:.3f}",
+                escape(f"{row['column']} = {row['value']}"), str(row["n"]), f"{row['accuracy']:.3f}",
                 f"{row['gap']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
             )
         console.print(table)
     else:
         console.print("No slice differs from the rest beyond its confidence interval.")
-    console.print(f"\nResults: {out}")
-    console.print(f"  app:         keras-audit app {out}")
+    where = escape(str(out))
+    console.print(f"\nResults: {where}")
+    console.print(f"  app:         keras-audit app {where}")
     if (out / "tensorboard").is_dir():
-        console.print(f"  TensorBoard: tensorboard --logdir {out / 'tensorboard'} --host 127.0.0.1")
-    console.print(f"  report:      keras-audit report {out}")
+        console.print(f"  TensorBoard: tensorboard --logdir {escape(str(out / 'tensorboard'))} --host 127.0.0.1")
+    console.print(f"  report:      keras-audit report {where}")
 
 
 def cmd_run(args) -> None:
@@ -169,9 +182,17 @@ def cmd_compare(args) -> None:
 
 
 def cmd_tensorboard(args) -> None:
+    from audit.store import schema
+
+    store = Path(args.store)
+    if args.logdir is None and schema.is_marked(schema.read_manifest_file(store)):
+        from audit.runner import rewrite_tensorboard
+
+        print(rewrite_tensorboard(store))  # inside the store: listed as its own files
+        return
     from audit.sinks.tensorboard import export
 
-    print(export(Path(args.store), Path(args.logdir) if args.logdir else None))
+    print(export(store, Path(args.logdir) if args.logdir else None))
 
 
 def cmd_app(args) -> None:
@@ -180,8 +201,31 @@ def cmd_app(args) -> None:
     sys.exit(launch([Path(s) for s in args.stores], host=args.host, port=args.port))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake reported as the same one line as every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"keras-audit: error: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    """This package's version and the libraries that shape results, without importing them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import audit
+
+    found = []
+    for pkg in ("keras", "tensorflow-cpu", "tensorflow"):
+        try:
+            found.append(f"{pkg} {version(pkg)}")
+        except PackageNotFoundError:
+            pass
+    return f"keras-audit {audit.__version__} ({', '.join(found)}, python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keras-audit", description="Explain and audit a trained Keras image classifier.")
+    parser = _Parser(prog="keras-audit", description="Explain and audit a trained Keras image classifier.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="audit MODEL on DATA and write a results store")
@@ -190,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results store directory")
     p.add_argument("--annotations", help="CSV keyed by path (or index for .npz) with columns to slice by")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--unsafe", action="store_true", help="allow models whose loading runs code (Lambda layers); only for trusted files")
+    p.add_argument("--unsafe", action="store_true", help="allow models whose loading can run code (Lambda or TFSMLayer layers, any TensorFlow SavedModel); only for trusted files")
     _add_run_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -209,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="compare two runs on the same examples")
     p.add_argument("store_a")
     p.add_argument("store_b")
-    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--bootstrap", type=_count, default=1000)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("tensorboard", help="(re)write TensorBoard logs from a results store")
@@ -220,9 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("app", help="browse runs in the Streamlit app")
     p.add_argument("stores", nargs="*", help="one run, or two to compare (default: pick from runs under .)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=_int_at_least(1), default=8501)
     p.set_defaults(func=cmd_app)
     return parser
+
+
+# Operating-system refusals a user fixes (permissions, a file where a folder should be, a full
+# disk); any other OSError is a bug and keeps its traceback.
+_USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENOSPC, errno.EROFS,
+                   errno.EDQUOT}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     except AuditError as e:
         print(f"keras-audit: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if e.errno not in _USER_OS_ERRORS:
+            raise
+        print(f"keras-audit: error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("keras-audit: interrupted; continue with --resume", file=sys.stderr)
         return 130

@@ -186,9 +186,22 @@ def build(out: Path) -> dict:
     )
     digits = {"accuracy": accuracy(dmodel, x_ev.astype(np.uint8).astype(np.float32), y_ev), "num_examples": int(len(y_ev))}
 
-    expected = {"seed": SEED, "shapes_bias": shapes, "digits": digits}
+    expected = {"seed": SEED, "versions": _versions(), "shapes_bias": shapes, "digits": digits}
     (out / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     return expected
+
+
+def _versions() -> dict:
+    """The libraries training depends on: the same seed gives the same weights only with the same builds."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for pkg in ("tensorflow-cpu", "tensorflow", "keras", "numpy", "pillow"):
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 if __name__ == "__main__":

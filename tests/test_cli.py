@@ -57,7 +57,7 @@ def test_user_mistakes_exit_2_with_one_line(tiny, bad_models, tmp_path, capsys):
         ((str(bad_models / "two_channel.keras"), d), ["two_channel.keras", "2-channel input"]),
         ((m, str(tmp_path / "missing_dir")), ["missing_dir", "does not exist"]),
         ((m, d, "--annotations", str(tmp_path / "none.csv")), ["none.csv", "does not exist"]),
-        ((m, d, "--class-names", "a,b"), ["2 classes", "outputs 3"]),
+        ((m, d, "--class-names", "a,b"), ["--class-names", "outputs 3"]),
     ]
     for args, needles in cases:
         code, err = _run(capsys, "run", *args, "--out", out, "--quiet", "--no-tensorboard")

@@ -16,13 +16,23 @@ from conftest import REPO, SAMPLES
 EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
 
 
-def test_rebuild_reproduces_recorded_accuracy(tmp_path):
+def test_rebuild_reproduces_the_samples(tmp_path):
     subprocess.run([sys.executable, str(SAMPLES / "build.py"), "--out", str(tmp_path)], check=True, capture_output=True,
                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    # The data come from numpy's seeded generator alone: identical whatever the libraries.
+    for name in ("shapes_annotations.csv", "digits_annotations.csv"):
+        assert (tmp_path / name).read_bytes() == (SAMPLES / name).read_bytes(), name
+    with np.load(tmp_path / "digits_eval.npz") as new, np.load(SAMPLES / "digits_eval.npz") as old:
+        assert all(np.array_equal(new[k], old[k]) for k in old.files)
+    # Training repeats exactly only on the same TensorFlow, Keras and numpy builds; on others the
+    # models must still reach the recorded figures closely and learn the planted shortcut as strongly.
     rebuilt = json.loads((tmp_path / "expected.json").read_text())
+    tolerance = 0.01 if rebuilt["versions"] == EXPECTED.get("versions") else 0.05
     for model in ("shapes_bias", "digits"):
         for key, value in EXPECTED[model].items():
-            assert rebuilt[model][key] == pytest.approx(value, abs=0.01), (model, key)
+            assert rebuilt[model][key] == pytest.approx(value, abs=tolerance), (model, key)
+    assert rebuilt["shapes_bias"]["accuracy_cue_agrees"] >= 0.98
+    assert rebuilt["shapes_bias"]["accuracy_cue_disagrees"] <= 0.8
 
 
 @pytest.fixture(scope="module")
