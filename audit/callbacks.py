@@ -21,7 +21,7 @@ the validation data:
 * ``histograms``: ``activations/<layer>`` on the same fixed sample.
 
 The summaries are made by the same functions as ``keras-audit tensorboard``
-(:mod:`audit.sinks.tensorboard`), so live and finished audits read alike.
+(:mod:`audit.views.tensorboard`), so live and finished audits read alike.
 :class:`GradCAMCallback`, :class:`PRCurveCallback` and
 :class:`SlicedMetricsCallback` each write one of those kinds.
 
@@ -47,7 +47,7 @@ import keras
 import numpy as np
 
 from audit.errors import AuditError
-from audit.sinks import tensorboard as tb
+from audit.views import tensorboard as tb
 
 SUMMARIES = ("images", "pr_curves", "slices", "histograms")
 DEFAULT_RUN = "audit"

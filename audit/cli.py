@@ -15,7 +15,10 @@ from pathlib import Path
 
 from audit.errors import AuditError
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+# The bundled samples: sample_models/ in a checkout, packaged as `audit.samples` in the wheel.
+SAMPLES = Path(__file__).resolve().parent / "samples"
+if not SAMPLES.is_dir():
+    SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 DEMO = {
     "model": SAMPLES / "shapes_bias.keras",
     "data": SAMPLES / "shapes_eval",
@@ -166,7 +169,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from audit.sinks.report import write_report
+    from audit.views.report import write_report
 
     path = write_report(Path(args.store), args.format, Path(args.output) if args.output else None)
     print(path)
@@ -190,13 +193,13 @@ def cmd_tensorboard(args) -> None:
 
         print(rewrite_tensorboard(store))  # inside the store: listed as its own files
         return
-    from audit.sinks.tensorboard import export
+    from audit.views.tensorboard import export
 
     print(export(store, Path(args.logdir) if args.logdir else None))
 
 
 def cmd_app(args) -> None:
-    from audit.app_launcher import launch
+    from audit.views.app.launch import launch
 
     sys.exit(launch([Path(s) for s in args.stores], host=args.host, port=args.port))
 

@@ -512,7 +512,7 @@ def export_tensorboard(w: StoreWriter) -> Path:
     """Export into work/ and move the files into place, so a kill midway leaves the store
     marked pending (never partial logs passed off as done) and --resume redoes just this.
     Every log file is listed as the store's own, so a re-run removes it."""
-    from audit.sinks.tensorboard import EVENT_SUFFIX, export
+    from audit.views.tensorboard import EVENT_SUFFIX, export
 
     staging = w.staging(schema.TENSORBOARD_DIR)
     export(w.out, staging)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-ENTRY = REPO / "app" / "main.py"
+ENTRY = REPO / "audit" / "views" / "app" / "main.py"
 
 
 def session(store: Path, example: int) -> dict[str, float]:
@@ -39,7 +39,7 @@ def session(store: Path, example: int) -> dict[str, float]:
     at = AppTest.from_file(str(ENTRY), default_timeout=300)
     steps = {
         "open (overview)": lambda: at.run(),
-        "gallery first page": lambda: at.switch_page("views/gallery.py").run(),
+        "gallery first page": lambda: at.switch_page("screens/gallery.py").run(),
         "gallery next page": lambda: at.number_input(key="g_page").set_value(2).run(),
         "gallery filter (incorrect)": lambda: at.radio(key="g_outcome").set_value("incorrect").run(),
         "example page": lambda: _example(at, example),
@@ -57,7 +57,7 @@ def session(store: Path, example: int) -> dict[str, float]:
 
 def _example(at, index: int):
     at.session_state["ex_index"] = index
-    return at.switch_page("views/example.py").run()
+    return at.switch_page("screens/example.py").run()
 
 
 def main() -> None:

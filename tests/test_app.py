@@ -27,8 +27,7 @@ import app_stores
 from audit.store import schema
 
 REPO = Path(__file__).resolve().parents[1]
-ENTRY = REPO / "app" / "main.py"
-sys.path.insert(0, str(ENTRY.parent))
+ENTRY = REPO / "audit" / "views" / "app" / "main.py"
 TIMEOUT = 90  # seconds per script run: the cores are shared, the first run imports everything
 
 
@@ -44,7 +43,7 @@ def stores(tmp_path_factory):
 
 
 def start(monkeypatch, *runs) -> AppTest:
-    """The app as ``streamlit run app/main.py -- runs...`` starts it, after its first run."""
+    """The app as ``streamlit run audit/views/app/main.py -- runs...`` starts it, after its first run."""
     monkeypatch.setattr(sys, "argv", [str(ENTRY), *map(str, runs)])
     at = AppTest.from_file(str(ENTRY), default_timeout=TIMEOUT)
     return clean(at.run())
@@ -58,7 +57,7 @@ def clean(at: AppTest) -> AppTest:
 
 
 def goto(at: AppTest, page: str) -> AppTest:
-    at.switch_page(f"views/{page}.py").run()
+    at.switch_page(f"screens/{page}.py").run()
     return clean(at)
 
 
@@ -204,7 +203,7 @@ def test_gallery_filters_survive_a_visit_to_another_page(stores, monkeypatch):
 
 
 def test_gallery_overlay_follows_method_and_opacity(stores, monkeypatch):
-    import store_cache
+    from audit.views.app import store_cache
 
     run = store_cache.open_run(stores["a"])
     i = int(np.load(stores["a"] / schema.HEATMAP_INDEX)[0])
@@ -370,7 +369,7 @@ def test_compare_page_differences_and_disagreements(stores, monkeypatch):
 def test_compare_page_only_with_two_runs_and_refuses_other_classes(stores, monkeypatch, tmp_path):
     at = start(monkeypatch, stores["a"])
     with pytest.raises(ValueError):
-        at.switch_page("views/compare.py")
+        at.switch_page("screens/compare.py")
     other = tmp_path / "other_classes"
     import shutil
 
@@ -402,7 +401,7 @@ def test_bad_second_run_leaves_the_first_browsable(stores, monkeypatch):
     assert "Cannot open the second run" in at.error[0].value
     assert at.title[0].value.startswith("Overview")
     with pytest.raises(ValueError):
-        at.switch_page("views/compare.py")
+        at.switch_page("screens/compare.py")
 
 
 def test_without_arguments_lists_runs_under_the_working_directory(stores, monkeypatch):
@@ -454,7 +453,7 @@ def test_rendering_every_page_never_imports_tensorflow(stores):
         at = AppTest.from_file({str(ENTRY)!r}, default_timeout={TIMEOUT}).run()
         failed = [e.value for e in at.exception]
         for page in ("gallery", "example", "slices", "curves", "calibration", "compare"):
-            at.switch_page(f"views/{{page}}.py").run()
+            at.switch_page(f"screens/{{page}}.py").run()
             failed += [e.value for e in at.exception]
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
         print(json.dumps({{"failed": failed, "heavy": heavy, "titles": [t.value for t in at.title]}}))
@@ -471,7 +470,7 @@ def test_rendering_every_page_never_imports_tensorflow(stores):
 
 # -- pieces without Streamlit -----------------------------------------------------------------------------------
 def test_example_filter_select_and_order():
-    import example_filter as ef
+    from audit.views.app import example_filter as ef
 
     frame = pd.DataFrame({"index": [0, 1, 2, 3, 4], "label": [0, 1, 1, 2, 2], "pred": [0, 0, 1, 1, 2],
                           "confidence": [0.9, 0.8, 0.6, 0.99, 0.7], "correct": [True, False, True, False, True]})
@@ -487,7 +486,7 @@ def test_example_filter_select_and_order():
 
 
 def test_launcher_command_binds_loopback_and_passes_runs(tmp_path):
-    from audit.app_launcher import app_entry, command
+    from audit.views.app.launch import app_entry, command
     from audit.errors import AuditError
 
     cmd = command([tmp_path / "a", Path("b")], port=8642)

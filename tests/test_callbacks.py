@@ -18,7 +18,7 @@ from audit.callbacks import (
 )
 from audit.errors import AuditError
 from audit.explain import GradCAM, OcclusionSensitivity
-from audit.sinks import tensorboard as tb
+from audit.views import tensorboard as tb
 from audit.viz import overlay
 from conftest import CLASSES, REPO, SIZE, brightness_images, brightness_model
 from test_tensorboard import decode_png, read_events

@@ -9,7 +9,7 @@ import pytest
 from metrics_data import planted_predictions, write_store
 
 from audit.errors import AuditError, StoreError
-from audit.sinks.report import write_report
+from audit.views.report import write_report
 from audit.store import schema
 
 NAMES = ["cat", "dog", "fox"]

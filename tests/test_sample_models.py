@@ -87,7 +87,7 @@ def test_gradcam_looks_at_the_cue_when_the_cue_decides(demo):
 
 
 def test_report_shows_the_planted_bias_first(demo, tmp_path):
-    from audit.sinks.report import write_report
+    from audit.views.report import write_report
 
     text = write_report(demo[0], "md", tmp_path / "report.md").read_text()
     section = text.split("Where the model is worse", 1)[1]

@@ -27,7 +27,7 @@ import pytest
 
 from audit.errors import AuditError, StoreError
 from audit.metrics import worst_slices
-from audit.sinks import tensorboard as tb
+from audit.views import tensorboard as tb
 from audit.store.reader import Reader
 from audit.viz import overlay
 from conftest import CLASSES, brightness_images, brightness_model, free_port, stop

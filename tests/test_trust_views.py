@@ -27,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import app_stores
 from app_stores import HOSTILE, HOSTILE_CLASSES
 
-from audit.sinks.report import md_text, write_report
+from audit.views.format import md_text
+from audit.views.report import write_report
 from audit.store import schema
 
-ENTRY = Path(__file__).resolve().parents[1] / "app" / "main.py"
+ENTRY = Path(__file__).resolve().parents[1] / "audit" / "views" / "app" / "main.py"
 TIMEOUT = 90
 # The store folder's own name is hostile too: it is shown as the run's path.
 RUN_DIR = "[d](javascript:alert(1)) **run**"
@@ -171,7 +172,7 @@ def test_report_inside_the_store_is_listed_as_its_own(hostile, tmp_path):
 def test_tensorboard_text_and_descriptions_are_escaped(hostile, tmp_path):
     from test_tensorboard import read_events
 
-    from audit.sinks import tensorboard as tb
+    from audit.views import tensorboard as tb
 
     events = read_events(tb.export(hostile["a"], tmp_path / "logs"))
     (_, report, _), = events["text"]["report"]
@@ -225,7 +226,7 @@ def page_strings(at: AppTest) -> list[str]:
 
 def visit(at: AppTest, page: str | None = None) -> list[str]:
     if page:
-        at.switch_page(f"views/{page}.py")
+        at.switch_page(f"screens/{page}.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     strings = page_strings(at)
@@ -313,7 +314,7 @@ def test_example_link_to_a_gap_in_the_indices(hostile, monkeypatch, tmp_path):
                                           ("lab-box.lan", True), ("127.0.0.1", False), ("localhost", False),
                                           ("::1", False), ("127.0.1.1", False)])
 def test_binding_beyond_loopback_warns(host, warned):
-    from audit.app_launcher import exposure_warning
+    from audit.views.app.launch import exposure_warning
 
     warning = exposure_warning(host)
     assert bool(warning) == warned
@@ -324,7 +325,7 @@ def test_binding_beyond_loopback_warns(host, warned):
 def test_launch_prints_the_warning_to_stderr(monkeypatch, capsys):
     import subprocess
 
-    from audit import app_launcher
+    from audit.views.app import launch as app_launcher
 
     class Done:
         def __init__(self, cmd):

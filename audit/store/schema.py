@@ -17,7 +17,7 @@ Layout of ``OUT/``::
     activations/stats.json   per-layer, per-channel mean / max / fraction of zeros
                              over the whole dataset
     embeddings.npy         float16 (N, D): penultimate-layer features
-    tensorboard/           TensorBoard logs (written by audit.sinks.tensorboard)
+    tensorboard/           TensorBoard logs (written by audit.views.tensorboard)
     work/                  resume state of an unfinished run (removed at the end)
     .keras-audit.lock      held (with the holder's process id inside) while a run writes
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from audit.errors import AuditError, StoreError
 # Descriptions and the text plugin are Markdown: every user string in them goes through md_text.
-from audit.sinks.report import md_text
+from audit.views.format import md_text
 from audit.store import schema
 from audit.store.reader import Reader
 
@@ -358,7 +358,7 @@ def _export_histograms(run: Reader) -> None:
 def report_markdown(run: Reader) -> str:
     """The Markdown report without its pictures (TensorBoard's text plugin shows no local images;
     the pictures' content is in the other dashboards)."""
-    from audit.sinks.report import build_report, render_markdown
+    from audit.views.report import build_report, render_markdown
 
     title, blocks = build_report(run, pictures=False)
     text, _ = render_markdown(title, [b for b in blocks if b.kind != "pictures"], "")

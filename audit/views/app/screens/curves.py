@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import charts
+from audit.views.app import charts
 import numpy as np
-import operating_point
+from audit.views.app import operating_point
 import pandas as pd
-import store_cache
+from audit.views.app import store_cache
 import streamlit as st
 
 from audit.errors import StoreError
-from audit.sinks.report import md_text
+from audit.views.format import md_text
 from audit.store import schema
 
 run, _ = store_cache.active()

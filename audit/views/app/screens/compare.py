@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 
-import charts
-import links
+from audit.views.app import charts
+from audit.views.app import links
 import pandas as pd
-import store_cache
+from audit.views.app import store_cache
 import streamlit as st
 
 from audit.errors import StoreError
-from audit.sinks.report import md_text
+from audit.views.format import md_text
 
 PER_PAGE = 8
 WINNER = {"a": "A better", "b": "B better", "tie": "no clear winner", None: "—"}

@@ -13,15 +13,15 @@ import re
 
 import streamlit as st
 
-from audit.sinks.report import md_text
+from audit.views.format import md_text
 
-OVERVIEW = "views/overview.py"
-GALLERY = "views/gallery.py"
-EXAMPLE = "views/example.py"
-SLICES = "views/slices.py"
-CURVES = "views/curves.py"
-CALIBRATION = "views/calibration.py"
-COMPARE = "views/compare.py"
+OVERVIEW = "screens/overview.py"
+GALLERY = "screens/gallery.py"
+EXAMPLE = "screens/example.py"
+SLICES = "screens/slices.py"
+CURVES = "screens/curves.py"
+CALIBRATION = "screens/calibration.py"
+COMPARE = "screens/compare.py"
 
 # Session keys of the gallery's filters (prefix "g_") and the example page's choice.
 GALLERY_DEFAULTS = {

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import charts
-import links
+from audit.views.app import charts
+from audit.views.app import links
 import pandas as pd
-import store_cache
+from audit.views.app import store_cache
 import streamlit as st
 
-from audit.sinks.report import md_text
+from audit.views.format import md_text
 
 
 def _ci(ci) -> str:

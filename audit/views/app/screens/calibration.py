@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import charts
+from audit.views.app import charts
 import numpy as np
 import pandas as pd
-import store_cache
+from audit.views.app import store_cache
 import streamlit as st
 
 run, _ = store_cache.active()

@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import example_filter
-import links
-import store_cache
+from audit.views.app import example_filter
+from audit.views.app import links
+from audit.views.app import store_cache
 import streamlit as st
 
 from audit.errors import StoreError
-from audit.sinks.report import md_text
+from audit.views.format import md_text
 
 COLUMNS = 6
 

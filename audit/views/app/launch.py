@@ -1,6 +1,6 @@
 """Start the Streamlit app (``keras-audit app``) on one run, two runs to compare, or none.
 
-The app lives in ``app/`` next to this package; it is started as its own
+The app's entry is ``main.py`` beside this file; it is started as its own
 ``python -m streamlit run`` process so Streamlit's server, not the CLI, owns the
 event loop, and this function only forwards signals and returns its exit code.
 
@@ -16,13 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import audit
 from audit.errors import AuditError
 
 
 def app_entry() -> Path:
-    """The app's entry script (``app/main.py`` beside the ``audit`` package)."""
-    return Path(audit.__file__).resolve().parents[1] / "app" / "main.py"
+    """The app's entry script, inside the installed package."""
+    return Path(__file__).resolve().parent / "main.py"
 
 
 def exposure_warning(host: str) -> str | None:

@@ -37,6 +37,11 @@ import numpy as np
 from audit.errors import AuditError, StoreError
 from audit.metrics.slices import worst_slices
 from audit.store import schema
+from audit.views.format import interval as _ci
+from audit.views.format import md_text
+from audit.views.format import number as _num
+from audit.views.format import signed as _signed
+from audit.views.format import with_interval as _with_ci
 from audit.store.reader import Reader
 from audit.store.writer import atomic_write_bytes, write_owned_file
 from audit.viz import overlay
@@ -70,54 +75,9 @@ class Block:
     items: list[str] = field(default_factory=list)
 
 
-# -- escaping ----------------------------------------------------------------------------------
-# Class names, annotations, paths and notes come from the user's files, and a Markdown view
-# (GitHub, TensorBoard's text plugin, Streamlit) would turn `![x](http://…)` into a fetch of a
-# remote image or `<script>` into script. HTML's own characters become entities (never markup in
-# CommonMark or Python-Markdown); `~` and `$` too, because Python-Markdown, which TensorBoard
-# uses, would show a backslash before them. The rest are backslash-escaped, as both accept.
-_MD_TABLE = str.maketrans({
-    "<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&#x27;", "~": "&#126;", "$": "&#36;",
-    **{c: "\\" + c for c in "\\`*[]{}|#"},
-})
-# `_` inside a word is never emphasis (so `tiny_cnn` stays readable); elsewhere it may be.
-_MD_UNDERSCORE = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
-# List markers count only at the start of a line, and every escaped string may start one.
-_MD_LEADING = re.compile(r"^([-+])|^(\d+)([.)])")
-
-
-def md_text(value) -> str:
-    """``value`` as Markdown that renders as exactly its text, on one line: no links, images or HTML."""
-    text = re.sub(r"\s+", " ", str(value)).translate(_MD_TABLE)
-    text = _MD_UNDERSCORE.sub(r"\\_", text)
-    return _MD_LEADING.sub(lambda m: f"\\{m[1]}" if m[1] else f"{m[2]}\\{m[3]}", text)
-
-
 def _plot_text(value) -> str:
     """``value`` for a matplotlib label: a ``$`` would start mathtext (and an unbalanced one raises)."""
     return str(value).replace("$", r"\$")
-
-
-# -- formatting ----------------------------------------------------------------------------
-def _num(x, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def _signed(x, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:+.{digits}f}"
-
-
-def _ci(ci, signed: bool = False) -> str:
-    if not ci or ci[0] is None or ci[1] is None:
-        return ""
-    fmt = _signed if signed else _num
-    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
-
-
-def _with_ci(x, ci, signed: bool = False) -> str:
-    text = (_signed if signed else _num)(x)
-    interval = _ci(ci, signed)
-    return f"{text} {interval}" if interval else text
 
 
 # -- pictures ----------------------------------------------------------------------------------
@@ -276,7 +236,7 @@ def _slice_sections(metrics: dict, draw: bool) -> list[Block]:
         blocks.append(Block(
             "table", headers=["#", "slice", "n", "accuracy [95% CI]", "gap to rest [95% CI]", "note"],
             rows=[[str(i + 1), f"{r['column']} = {r['value']}", str(r["n"]), _with_ci(r["accuracy"], r["ci"]),
-                   _with_ci(r["gap"], r["gap_ci"], signed=True), "too small" if r["too_small"] else ""]
+                   _with_ci(r["gap"], r["gap_ci"], is_signed=True), "too small" if r["too_small"] else ""]
                   for i, r in enumerate(worst)],
         ))
         picture = slices_picture(worst, metrics.get("accuracy")) if draw else None
@@ -303,7 +263,7 @@ def _slice_sections(metrics: dict, draw: bool) -> list[Block]:
         blocks.append(Block(
             "table", headers=["slice", "n", "accuracy [95% CI]", "gap to rest [95% CI]"],
             rows=[[f"{r['column']} = {r['value']}", str(r["n"]), _with_ci(r["accuracy"], r["ci"]),
-                   _with_ci(r["gap"], r["gap_ci"], signed=True)] for r in pairs],
+                   _with_ci(r["gap"], r["gap_ci"], is_signed=True)] for r in pairs],
         ))
 
     disparity = [c for c in slices.get("columns", []) if c.get("disparity") and c.get("kind") != "intersection"]

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import charts
-import links
+from audit.views.app import charts
+from audit.views.app import links
 import numpy as np
 import pandas as pd
-import store_cache
+from audit.views.app import store_cache
 import streamlit as st
 
-from audit.sinks.report import md_text
+from audit.views.format import md_text
 from audit.store import schema
 
 run, _ = store_cache.active()

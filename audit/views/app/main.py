@@ -1,6 +1,6 @@
 """keras-audit app: browse the results store of an audit run (or compare two).
 
-Start it with ``keras-audit app OUT [OUT_B]`` or ``streamlit run app/main.py -- OUT [OUT_B]``;
+Start it with ``keras-audit app OUT [OUT_B]`` or ``streamlit run audit/views/app/main.py -- OUT [OUT_B]``;
 with no run given it lists the stores found under the current directory.
 
 This script frames every page: it opens the run(s), shows a summary in the
@@ -13,18 +13,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent
-if str(_HERE) not in sys.path:
-    # `streamlit run` puts the script's folder on the path, AppTest does not;
-    # the pages import their helpers from here either way.
-    sys.path.insert(0, str(_HERE))
-
-import links
-import store_cache
 import streamlit as st
 
+from audit.views.app import links, store_cache
+
 from audit.errors import StoreError
-from audit.sinks.report import md_text
+from audit.views.format import md_text
 
 
 def stores_from_argv(argv: list[str]) -> list[str]:

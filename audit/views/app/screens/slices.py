@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import charts
-import links
-import store_cache
+from audit.views.app import charts
+from audit.views.app import links
+from audit.views.app import store_cache
 import streamlit as st
 
-from audit.sinks.report import md_text
+from audit.views.format import md_text
 
 run, _ = store_cache.active()
 m = store_cache.metrics(run)

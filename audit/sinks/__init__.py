@@ -1,1 +1,0 @@
-"""Views that write a run somewhere else: a report file, TensorBoard logs."""
