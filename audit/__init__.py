@@ -32,11 +32,11 @@ __all__ = [
     "__version__",
 ]
 
-_LAZY = {"run_audit": "audit.runner", "load_model": "audit.io.models", "what_if": "audit.wit"}
+_LAZY = {"run_audit": "audit.pipeline", "load_model": "audit.io.models", "what_if": "audit.wit"}
 
 if TYPE_CHECKING:  # pragma: no cover
     from audit.io.models import load_model
-    from audit.runner import run_audit
+    from audit.pipeline import run_audit
     from audit.wit import what_if
 
 

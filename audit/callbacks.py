@@ -21,7 +21,11 @@ the validation data:
 * ``histograms``: ``activations/<layer>`` on the same fixed sample.
 
 The summaries are made by the same functions as ``keras-audit tensorboard``
-(:mod:`audit.views.tensorboard`), so live and finished audits read alike.
+(:mod:`audit.views.tensorboard`), and the numbers by the engine's in-memory
+pipeline (:mod:`audit.engine.live`: the same batching, explainers from the
+method registry and prediction function as a store run), so live and finished
+audits read alike. These classes hold only the Keras hooks, the schedule and
+the summary calls.
 :class:`GradCAMCallback`, :class:`PRCurveCallback` and
 :class:`SlicedMetricsCallback` each write one of those kinds.
 
@@ -37,16 +41,14 @@ Keras' TensorFlow backend.
 
 from __future__ import annotations
 
-import math
-import warnings
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import keras
 import numpy as np
 
-from audit.errors import AuditError
+from audit.engine.live import LiveData, LivePipeline, annotation_table
+from audit.errors import AuditError, whole_number
 from audit.views import tensorboard as tb
 
 SUMMARIES = ("images", "pr_curves", "slices", "histograms")
@@ -54,120 +56,7 @@ DEFAULT_RUN = "audit"
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise AuditError(f"{name} must be a positive int. Received: {name}={value!r}")
-    return int(value)
-
-
-def _annotation_table(annotations):
-    """Annotations as a DataFrame with a fresh 0..N-1 index, or None."""
-    if annotations is None:
-        return None
-    import pandas as pd
-
-    if isinstance(annotations, pd.DataFrame):
-        table = annotations.reset_index(drop=True)
-    elif isinstance(annotations, Mapping):
-        try:
-            table = pd.DataFrame({str(k): list(v) for k, v in annotations.items()})
-        except (TypeError, ValueError) as e:
-            raise AuditError(f"annotations must map column names to equally long sequences ({e})") from None
-    else:
-        raise AuditError(
-            "annotations must be a pandas DataFrame or a dict of columns, one row per validation example. "
-            f"Received: annotations of type {type(annotations).__name__}"
-        )
-    if table.shape[1] == 0:
-        raise AuditError("annotations has no columns; pass None for no slices")
-    return table
-
-
-def _class_indices(y, num_classes: int) -> np.ndarray:
-    """Labels as class indices (N,): from indices, (N, 1) columns or one-hot / probability rows."""
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] > 1:
-        y = y.argmax(axis=1)
-    elif y.ndim > 1:
-        y = y.reshape(len(y))
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y) & (y == np.round(y))):
-            raise AuditError("validation labels must be class indices or one-hot rows; received non-integer values")
-        y = np.round(y)
-    elif y.dtype.kind not in "iub":
-        raise AuditError(f"validation labels must be class indices or one-hot rows; received dtype {y.dtype}")
-    y = y.astype(np.int64)
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
-        bad = int(y.min() if y.min() < 0 else y.max())
-        raise AuditError(f"validation label {bad} is out of range; the model has {num_classes} classes")
-    return y
-
-
-class _ValidationData:
-    """Validation examples streamed as ``(x float32 (B, ...), y as given)`` batches.
-
-    Accepts ``(x, y)`` or ``(x, y, sample_weight)`` arrays, or an iterable
-    that can be iterated again each epoch (a ``tf.data.Dataset``) of such
-    tuples, batched or single examples.
-    """
-
-    def __init__(self, data, batch_size: int):
-        self.batch_size = batch_size
-        self.arrays: tuple[np.ndarray, np.ndarray] | None = None
-        self.iterable = None
-        if isinstance(data, (tuple, list)):
-            if len(data) not in (2, 3):
-                raise AuditError(
-                    "validation_data must be (x, y) or (x, y, sample_weight). "
-                    f"Received: a sequence of {len(data)} items"
-                )
-            x, y = np.asarray(data[0]), np.asarray(data[1])
-            if len(x) != len(y):
-                raise AuditError(f"validation_data has {len(x)} images but {len(y)} labels")
-            self.arrays = (x, y)
-        elif isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Iterable):
-            raise AuditError(
-                "validation_data must be (x, y) arrays or a tf.data.Dataset of (x, y) batches. "
-                f"Received: validation_data of type {type(data).__name__}"
-            )
-        else:
-            self.iterable = data
-
-    def batches(self, image_rank: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        if self.arrays is not None:
-            x, y = self.arrays
-            for i in range(0, len(x), self.batch_size):
-                yield np.asarray(x[i : i + self.batch_size], np.float32), y[i : i + self.batch_size]
-            return
-        singles: list[tuple[np.ndarray, np.ndarray]] = []
-        for element in self.iterable:
-            if not isinstance(element, (tuple, list)) or len(element) < 2:
-                raise AuditError("validation_data must yield (x, y) or (x, y, sample_weight) tuples")
-            x, y = np.asarray(element[0]), np.asarray(element[1])
-            if x.ndim == image_rank:  # an unbatched dataset: group its examples
-                singles.append((x, y))
-                if len(singles) == self.batch_size:
-                    yield np.stack([s[0] for s in singles]).astype(np.float32), np.stack([s[1] for s in singles])
-                    singles = []
-                continue
-            yield x.astype(np.float32), y
-        if singles:
-            yield np.stack([s[0] for s in singles]).astype(np.float32), np.stack([s[1] for s in singles])
-
-
-@dataclass
-class _Prepared:
-    """What is built once per model: compiled functions, the fixed sample, the slicings."""
-
-    loaded: Any
-    class_names: list[str]
-    predict: Any
-    explainers: dict[str, Any] = field(default_factory=dict)
-    activations: Any = None
-    count: int | None = None
-    labels: np.ndarray | None = None
-    fixed_x: np.ndarray | None = None
-    fixed_y: np.ndarray | None = None
-    columns: list = field(default_factory=list)
+    return whole_number(name, value)
 
 
 class AuditCallback(keras.callbacks.Callback):
@@ -221,25 +110,24 @@ class AuditCallback(keras.callbacks.Callback):
         run_name: str = DEFAULT_RUN,
     ):
         super().__init__()
-        from audit.explain import EXPLAINERS
+        from audit.explain.registry import METHODS
 
         self.freq = _positive_int("freq", freq)
         self.num_images = _positive_int("num_images", num_images)
         self.min_slice_size = _positive_int("min_slice_size", min_slice_size)
         self.batch_size = _positive_int("batch_size", batch_size)
+        self.occlusion_patch: int | None = None
         if occlusion_patch is not None:
             self.occlusion_patch = _positive_int("occlusion_patch", occlusion_patch)
-        else:
-            self.occlusion_patch = None
         summaries = (summaries,) if isinstance(summaries, str) else tuple(summaries)
         unknown = [s for s in summaries if s not in SUMMARIES]
         if unknown or not summaries:
             raise AuditError(f"summaries must be some of {', '.join(SUMMARIES)}. Received: summaries={summaries!r}")
         self.summaries = summaries
         explainers = (explainers,) if isinstance(explainers, str) else tuple(explainers)
-        unknown = [e for e in explainers if e not in EXPLAINERS]
+        unknown = [e for e in explainers if e not in METHODS]
         if unknown:
-            raise AuditError(f"unknown explainer(s) {unknown}; choose from {', '.join(EXPLAINERS)}")
+            raise AuditError(f"unknown explainer(s) {unknown}; choose from {', '.join(METHODS)}")
         self.explainers = explainers
         self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.layer = layer
@@ -247,16 +135,16 @@ class AuditCallback(keras.callbacks.Callback):
         if not run_name or "/" in str(run_name):
             raise AuditError(f"run_name must be a folder name. Received: run_name={run_name!r}")
         self.run_name = str(run_name)
-        self.annotations = _annotation_table(annotations)
-        self.validation = _ValidationData(validation_data, self.batch_size)
-        self._state: _Prepared | None = None
+        self.annotations = annotation_table(annotations)
+        self.validation = LiveData(validation_data)
+        self._live: LivePipeline | None = None
         self._writer = None
         self._for_model = None
 
     # -- Keras hooks ---------------------------------------------------------------------
     def set_model(self, model):
         if model is not self._for_model:
-            self._state = None  # compiled functions belong to one model
+            self._live = None  # compiled functions belong to one model
         self._for_model = model
         super().set_model(model)
 
@@ -275,25 +163,29 @@ class AuditCallback(keras.callbacks.Callback):
 
     def audit(self, step: int) -> None:
         """Write every chosen summary for the model as it is now, at ``step``."""
-        state = self._prepare()
+        live = self._prepare()
         want = set(self.summaries)
-        probs = labels = None
-        if want & {"pr_curves", "slices"} or state.count is None:
-            probs, labels = self._predict_all(state)
-        with self._summary_writer().as_default():
-            if "pr_curves" in want:
-                tb.write_pr_curves(labels, probs, state.class_names, step)
-            if "slices" in want:
-                self._write_slices(state, labels, probs.argmax(axis=1) == labels, step)
-            if "images" in want and state.fixed_x is not None and len(state.fixed_x):
-                self._write_overlays(state, step)
-            if "histograms" in want and state.activations is not None and state.fixed_x is not None:
-                tb.write_histograms(state.activations(state.fixed_x), step)
-        self._writer.flush()
+        predicted = None
+        # The first pass also fixes the sample and the slicings, so it runs whatever is wanted.
+        if want & {"pr_curves", "slices"} or not live.first_pass_done:
+            predicted = live.predict_all()
+        writer = self._summary_writer()
+        with writer.as_default():
+            if predicted is not None:
+                probs, labels = predicted
+                if "pr_curves" in want:
+                    tb.write_pr_curves(labels, probs, live.class_names, step)
+                if "slices" in want:
+                    self._write_slices(live, labels, probs.argmax(axis=1) == labels, step)
+            if "images" in want and live.has_sample():
+                self._write_overlays(live, step)
+            if "histograms" in want and live.activations is not None and live.has_sample():
+                tb.write_histograms(live.sample_activations(), step)
+        writer.flush()
 
     def trace_counts(self) -> dict[str, int]:
         """How often each compiled function of the model was traced (stays put across epochs)."""
-        return {} if self._state is None else self._state.loaded.trace_counts()
+        return {} if self._live is None else self._live.trace_counts()
 
     def close(self) -> None:
         """Close the summary writer (a later audit opens a new one)."""
@@ -310,120 +202,44 @@ class AuditCallback(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(str(self.log_path))
         return self._writer
 
-    def _prepare(self) -> _Prepared:
-        if self._state is not None:
-            return self._state
+    def _prepare(self) -> LivePipeline:
+        if self._live is not None:
+            return self._live
         if keras.backend.backend() != "tensorflow":
             raise AuditError(
                 f"AuditCallback needs Keras' TensorFlow backend; this Keras runs {keras.backend.backend()}"
             )
         if self.model is None:
             raise AuditError("AuditCallback has no model; pass it to model.fit(callbacks=[...]) first")
-        from audit.explain import EXPLAINERS, Activations, as_model
-        from audit.explain.occlusion import default_patch
+        want = set(self.summaries)
+        self._live = LivePipeline.build(
+            self.model, self.validation, class_names=self.class_names,
+            methods=self.explainers if "images" in want else (), layer=self.layer,
+            occlusion_patch=self.occlusion_patch, activations="histograms" in want,
+            batch_size=self.batch_size, sample_size=self.num_images if want & {"images", "histograms"} else 0,
+            annotations=self.annotations, min_slice_size=self.min_slice_size,
+        )
+        return self._live
 
-        loaded = as_model(self.model)
-        names = self.class_names or [str(k) for k in range(loaded.num_classes)]
-        if len(names) != loaded.num_classes:
-            raise AuditError(
-                f"class_names has {len(names)} names but the model has {loaded.num_classes} classes"
-            )
-        state = _Prepared(loaded=loaded, class_names=names, predict=loaded.predict_fn())
-        if "images" in self.summaries:
-            for method in self.explainers:
-                if method == "occlusion":
-                    patch = self.occlusion_patch or default_patch(loaded.input_shape)
-                    state.explainers[method] = EXPLAINERS[method](loaded, patch_size=patch)
-                else:
-                    state.explainers[method] = EXPLAINERS[method](loaded, layer=self.layer)
-        if "histograms" in self.summaries:
-            state.activations = Activations(loaded)
-        self._state = state
-        return state
-
-    def _predict_all(self, state: _Prepared) -> tuple[np.ndarray, np.ndarray]:
-        import tensorflow as tf
-
-        first = state.count is None
-        sample = first and bool({"images", "histograms"} & set(self.summaries))
-        quota = math.ceil(self.num_images / state.loaded.num_classes)
-        picked: dict[int, list[np.ndarray]] = {}
-        probs, labels = [], []
-        rank = len(state.loaded.input_shape)
-        for x, y in self.validation.batches(rank):
-            k = _class_indices(y, state.loaded.num_classes)
-            probs.append(state.predict(tf.constant(x)).numpy())
-            labels.append(k)
-            if sample:
-                for image, label in zip(x, k):
-                    bucket = picked.setdefault(int(label), [])
-                    if len(bucket) < quota and sum(map(len, picked.values())) < self.num_images:
-                        bucket.append(image)
-        count = sum(len(k) for k in labels)
-        if count == 0:
-            raise AuditError(
-                "validation_data yielded no examples" + ("" if first else " on this pass (a one-shot generator?); "
-                                                         "pass arrays or a tf.data.Dataset")
-            )
-        probs_all, labels_all = np.concatenate(probs), np.concatenate(labels)
-        if first:
-            self._first_pass(state, labels_all, picked)
-        elif self.annotations is not None and not np.array_equal(labels_all, state.labels):
-            raise AuditError(
-                "validation_data yields its examples in a different order on each pass (shuffled?); "
-                "annotations need a fixed order: do not shuffle the validation dataset"
-            )
-        return probs_all, labels_all
-
-    def _first_pass(self, state: _Prepared, labels: np.ndarray, picked: dict[int, list[np.ndarray]]) -> None:
-        from audit.metrics.slices import make_slice_column
-
-        state.count, state.labels = len(labels), labels
-        if picked:
-            order = sorted(picked)
-            state.fixed_x = np.stack([img for k in order for img in picked[k]]).astype(np.float32)
-            state.fixed_y = np.concatenate([np.full(len(picked[k]), k, np.int64) for k in order])
-        if self.annotations is None:
-            return
-        if len(self.annotations) != state.count:
-            raise AuditError(
-                f"annotations has {len(self.annotations)} rows but validation_data has {state.count} examples"
-            )
-        for name in self.annotations.columns:
-            column = make_slice_column(name, self.annotations[name], builtin=False,
-                                       min_slice_size=self.min_slice_size, notes=[])
-            if isinstance(column, str):
-                warnings.warn(f"annotation {name!r} is not sliced: {column}", stacklevel=2)
-            else:
-                state.columns.append(column)
-
-    def _write_slices(self, state: _Prepared, labels: np.ndarray, correct: np.ndarray, step: int) -> None:
-        from audit.metrics.intervals import wilson
-        from audit.metrics.slices import slice_counts, slice_rows
-
-        lo, hi = wilson(int(correct.sum()), len(correct))
-        tb.write_scalars(tb.with_interval("metrics/accuracy", float(correct.mean()), (float(lo), float(hi))), step)
-        rows = []
-        for column in state.columns:
-            counts = slice_counts(column, labels, correct, state.loaded.num_classes)
-            rows += slice_rows(column, counts, min_slice_size=self.min_slice_size)
+    def _write_slices(self, live: LivePipeline, labels: np.ndarray, correct: np.ndarray, step: int) -> None:
+        accuracy, interval, rows = live.sliced(labels, correct)
+        tb.write_scalars(tb.with_interval("metrics/accuracy", accuracy, interval), step)
         tb.write_slice_scalars(rows, step)
 
-    def _write_overlays(self, state: _Prepared, step: int) -> None:
-        import tensorflow as tf
-
-        x, y = state.fixed_x, state.fixed_y
-        correct = state.predict(tf.constant(x)).numpy().argmax(axis=1) == y
-        for method, explainer in state.explainers.items():
-            maps = explainer(x)
+    def _write_overlays(self, live: LivePipeline, step: int) -> None:
+        correct, maps = live.sample_maps()
+        x, y = live.fixed_x, live.fixed_y
+        assert x is not None and y is not None  # sample_maps ran, so the fixed sample exists
+        for method, method_maps in maps.items():
             for k in np.unique(y):
                 mask = y == k
-                name = state.class_names[k]
+                name = live.class_names[k]
                 description = (
                     f"{method} heatmaps (for the predicted class) of {int(mask.sum())} fixed validation images of "
-                    f"true class **{tb.md_text(name)}**; the frame is green when the prediction is right, red when wrong."
+                    f"true class **{tb.md_text(name)}**; the frame is green when the prediction is right, "
+                    "red when wrong."
                 )
-                tb.write_images(f"{method}/{name}", tb.overlay_images(x[mask], maps[mask], correct[mask]), step,
+                tb.write_images(f"{method}/{name}", tb.overlay_images(x[mask], method_maps[mask], correct[mask]), step,
                                 description)
 
 

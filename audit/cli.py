@@ -30,7 +30,7 @@ def _rescale(text: str) -> float:
     try:
         value = float(Fraction(text))
     except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number or fraction like 1/255, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number or fraction like 1/255, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
     return value
@@ -43,7 +43,7 @@ def _int_at_least(low: int):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}; received {value}")
         return value
@@ -57,26 +57,38 @@ _count = _int_at_least(0)
 
 
 def _explainers(text: str) -> tuple[str, ...]:
-    from audit.store.schema import EXPLAINERS
+    from audit.explain.registry import choices
 
     if text.strip().lower() == "none":
         return ()
     names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in EXPLAINERS]
+    unknown = [n for n in names if n not in choices()]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown explainer {unknown[0]!r}; choose from {', '.join(EXPLAINERS)} or none")
+        listed = ", ".join(choices())
+        raise argparse.ArgumentTypeError(f"unknown explainer {unknown[0]!r}; choose from {listed} or none")
     return names
+
+
+def _explain_help() -> str:
+    """--explain's help: every registered method with its summary, then activations and none."""
+    from audit.explain.registry import ACTIVATIONS, ACTIVATIONS_SUMMARY, METHODS
+
+    items = [f"{m.name} ({m.summary})" for m in METHODS.values()] + [f"{ACTIVATIONS} ({ACTIVATIONS_SUMMARY})"]
+    # argparse expands %-formats in help text; a summary must not be read as one
+    return ("comma list of: " + "; ".join(items) + "; or none (default: gradcam,occlusion)").replace("%", "%%")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--rescale", type=_rescale, default=1.0, help="multiply pixels (0..255) by this, e.g. 1/255 (default: none)")
-    p.add_argument("--explain", type=_explainers, default=None,
-                   help="comma list of gradcam, gradcam++, occlusion, activations, or none (default: gradcam,occlusion)")
+    p.add_argument("--rescale", type=_rescale, default=1.0,
+                   help="multiply pixels (0..255) by this, e.g. 1/255 (default: none)")
+    p.add_argument("--explain", type=_explainers, default=None, help=_explain_help())
     p.add_argument("--explain-limit", type=_count, default=500,
                    help="explain at most N examples, chosen to cover confident mistakes, classes and slices (0: all)")
-    p.add_argument("--layer", help="layer for Grad-CAM (default: last layer with a 4-D output; 'backbone/conv' reaches nested models)")
-    p.add_argument("--occlusion-patch", type=_positive_int, help="occlusion patch size in pixels (default: 1/8 of the shorter side)")
+    p.add_argument("--layer", help="layer for Grad-CAM (default: last layer with a 4-D output; "
+                                   "'backbone/conv' reaches nested models)")
+    p.add_argument("--occlusion-patch", type=_positive_int,
+                   help="occlusion patch size in pixels (default: 1/8 of the shorter side)")
     p.add_argument("--bootstrap", type=_count, default=1000, help="bootstrap resamples for confidence intervals")
     p.add_argument("--min-slice-size", type=_positive_int, default=30)
     p.add_argument("--slice-pairs", action=argparse.BooleanOptionalAction, default=None,
@@ -88,7 +100,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args):
-    from audit.runner import AuditOptions
+    from audit.engine import AuditOptions
 
     return AuditOptions(
         batch_size=args.batch_size,
@@ -109,48 +121,13 @@ def _options(args):
 
 def summary(out: Path) -> None:
     """Print the headline of a finished run: accuracy, worst slices, where to look next."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+    from audit.views.terminal import print_summary
 
-    from audit.metrics import worst_slices
-    from audit.store.reader import Reader
-
-    run = Reader(out)
-    m = run.metrics
-    console = Console(highlight=False)
-    model = run.model_info
-    console.print(
-        f"\n[bold]{escape(model['name'])}[/] on {m['num_examples']} examples: "
-        f"accuracy [bold]{m['accuracy']:.3f}[/], balanced accuracy {m.get('balanced_accuracy', float('nan')):.3f}"
-        + (" (logits: softmax applied)" if model.get("softmax_applied") else "")
-    )
-    for note in run.manifest.get("notes", []):
-        console.print(f"[yellow]note:[/] {escape(note)}")
-    worst = worst_slices(m, k=5)
-    if worst:
-        table = Table(title="Worst flagged slices (gap to the rest, 95% CI)", title_justify="left")
-        for col in ("slice", "n", "accuracy", "gap"):
-            table.add_column(col, justify="left" if col == "slice" else "right")
-        for row in worst:
-            lo, hi = row["gap_ci"]
-            table.add_row(
-                escape(f"{row['column']} = {row['value']}"), str(row["n"]), f"{row['accuracy']:.3f}",
-                f"{row['gap']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
-            )
-        console.print(table)
-    else:
-        console.print("No slice differs from the rest beyond its confidence interval.")
-    where = escape(str(out))
-    console.print(f"\nResults: {where}")
-    console.print(f"  app:         keras-audit app {where}")
-    if (out / "tensorboard").is_dir():
-        console.print(f"  TensorBoard: tensorboard --logdir {escape(str(out / 'tensorboard'))} --host 127.0.0.1")
-    console.print(f"  report:      keras-audit report {where}")
+    print_summary(out)
 
 
 def cmd_run(args) -> None:
-    from audit.runner import run_audit
+    from audit.pipeline import run_audit
 
     out = run_audit(args.model, args.data, args.out, annotations=args.annotations, options=_options(args),
                     resume=args.resume, progress=not args.quiet)
@@ -158,7 +135,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from audit.runner import run_audit
+    from audit.pipeline import run_audit
 
     missing = [str(p) for p in DEMO.values() if not p.exists()]
     if missing:
@@ -175,13 +152,34 @@ def cmd_report(args) -> None:
     print(path)
 
 
+# The app pages through the examples the two models disagree on, so a kept comparison lists them all.
+STORED_DISAGREEMENTS = 2000
+
+
+def _compare(store_a: Path, store_b: Path, *, bootstrap: int = 1000) -> dict:
+    from audit.metrics.paired import compare_runs
+
+    return compare_runs(store_a, store_b, bootstrap=bootstrap, max_disagreements=STORED_DISAGREEMENTS)
+
+
+def _keep_comparison(store_a: Path, store_b: Path, **kept) -> Path:
+    """Keep a comparison (``result=``) or why there is none (``refused=``) in run A, as one of its files."""
+    from audit.store.writer import write_owned_file
+    from audit.views.terminal import comparison_bytes, comparison_file
+
+    return write_owned_file(store_a, comparison_file(store_b), comparison_bytes(store_a, store_b, **kept))
+
+
 def cmd_compare(args) -> None:
-    from rich.console import Console
+    from audit.views.terminal import compare_command, print_comparison
 
-    from audit.compare import compare_runs, render_comparison
-
-    result = compare_runs(Path(args.store_a), Path(args.store_b), bootstrap=args.bootstrap)
-    Console(highlight=False).print(render_comparison(result))
+    a, b = Path(args.store_a), Path(args.store_b)
+    result = _compare(a, b, bootstrap=args.bootstrap)
+    print_comparison(result)
+    if args.save:
+        print(f"\nKept in {_keep_comparison(a, b, result=result)}; the app shows it: keras-audit app {a} {b}")
+    else:
+        print(f"\nTo keep it for the app: {compare_command(a, b)}")
 
 
 def cmd_tensorboard(args) -> None:
@@ -189,7 +187,7 @@ def cmd_tensorboard(args) -> None:
 
     store = Path(args.store)
     if args.logdir is None and schema.is_marked(schema.read_manifest_file(store)):
-        from audit.runner import rewrite_tensorboard
+        from audit.pipeline import rewrite_tensorboard
 
         print(rewrite_tensorboard(store))  # inside the store: listed as its own files
         return
@@ -198,10 +196,36 @@ def cmd_tensorboard(args) -> None:
     print(export(store, Path(args.logdir) if args.logdir else None))
 
 
+def prepare_comparison(store_a: Path, store_b: Path) -> None:
+    """Compute the comparison the app shows, once, unless run A already keeps it for these two runs."""
+    from audit.errors import StoreError
+    from audit.store.reader import Reader
+    from audit.views.terminal import stored_comparison
+
+    try:
+        Reader(store_a), Reader(store_b)
+    except StoreError:
+        return  # a run that does not open: the app says why
+    if stored_comparison(store_a, store_b) is not None:
+        return
+    print("keras-audit: comparing the two runs (paired bootstrap) before the app starts", file=sys.stderr)
+    try:
+        kept: dict[str, object] = {"result": _compare(store_a, store_b)}
+    except StoreError as e:  # not comparable: the app shows why
+        kept = {"refused": str(e)}
+    try:
+        _keep_comparison(store_a, store_b, **kept)
+    except (StoreError, OSError) as e:  # e.g. run A is read-only: the app shows the command to run
+        print(f"keras-audit: note: the comparison could not be kept in {store_a}: {e}", file=sys.stderr)
+
+
 def cmd_app(args) -> None:
     from audit.views.app.launch import launch
 
-    sys.exit(launch([Path(s) for s in args.stores], host=args.host, port=args.port))
+    stores = [Path(s) for s in args.stores]
+    if len(stores) == 2:
+        prepare_comparison(*stores)
+    sys.exit(launch(stores, host=args.host, port=args.port))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -237,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results store directory")
     p.add_argument("--annotations", help="CSV keyed by path (or index for .npz) with columns to slice by")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--unsafe", action="store_true", help="allow models whose loading can run code (Lambda or TFSMLayer layers, any TensorFlow SavedModel); only for trusted files")
+    p.add_argument("--unsafe", action="store_true",
+                   help="allow models whose loading can run code (Lambda or TFSMLayer layers, "
+                        "any TensorFlow SavedModel); only for trusted files")
     _add_run_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -257,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store_a")
     p.add_argument("store_b")
     p.add_argument("--bootstrap", type=_count, default=1000)
+    p.add_argument("--save", action="store_true", help="keep the comparison in STORE_A, where the app reads it")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("tensorboard", help="(re)write TensorBoard logs from a results store")

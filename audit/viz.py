@@ -1,4 +1,4 @@
-"""Colour overlays and map resizing, in numpy and matplotlib colormaps only.
+"""Colour overlays, map resizing and the stored picture size, in numpy and matplotlib colormaps only.
 
 Views (the app, TensorBoard export, reports) use these; nothing here imports
 TensorFlow.
@@ -14,23 +14,51 @@ from __future__ import annotations
 import numpy as np
 
 from audit.errors import AuditError
+from audit.store.schema import STORED_IMAGE_MAX_SIDE
 
 
-def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # Half-pixel centres, edges clamped: the convention of tf.image.resize and
-    # PIL, so a map resized here lines up with one resized in the graph.
-    pos = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    pos = np.clip(pos, 0, n_in - 1)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, n_in - 1)
-    return lo, hi, (pos - lo)
+def stored_shape(input_shape) -> tuple[int, int]:
+    """(height, width) at which a store keeps each image and map of a model with ``input_shape``:
+    the input's, shrunk to a longest side of at most ``STORED_IMAGE_MAX_SIDE`` (they are for
+    looking at). Here, not in the engine, because views that build pictures need it too.
+
+    >>> stored_shape((224, 160, 3))
+    (128, 91)
+    """
+    h, w = input_shape[:2]
+    scale = min(1.0, STORED_IMAGE_MAX_SIDE / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def resize_map(heatmap, size: tuple[int, int]) -> np.ndarray:
+def _axis_weights(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
+    """(n_out, n_in) weights of a triangle (bilinear) filter at half-pixel centres.
+
+    This is TensorFlow's ``scale_and_translate`` with the triangle kernel, which
+    ``tf.image.resize`` uses: weights falling outside the image are dropped and the
+    rest renormalised (so edges behave as clamped). Upsampling, it is plain bilinear
+    with or without ``antialias``; downsampling with ``antialias`` the kernel is
+    widened by the shrink factor, so every input pixel counts (no aliasing).
+    """
+    inv_scale = n_in / n_out
+    width = max(1.0, inv_scale) if antialias else 1.0
+    centres = (np.arange(n_out) + 0.5) * inv_scale  # in input pixel-edge coordinates
+    distance = (np.arange(n_in)[None, :] + 0.5 - centres[:, None]) / width
+    weights = np.maximum(0.0, 1.0 - np.abs(distance))
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def resize_map(heatmap, size: tuple[int, int], *, antialias: bool = False) -> np.ndarray:
     """Bilinear resize of a map (h, w) or a stack (N, h, w) to ``size`` = (height, width).
+
+    The one map resizer: views use it for display, the engine for the stored maps
+    (with ``antialias=True``, as ``tf.image.resize(..., antialias=True)``: a map shrunk
+    to the stored size averages every pixel instead of sampling a few). Without
+    ``antialias`` it matches ``tf.image.resize(..., "bilinear")``.
 
     >>> resize_map(np.array([[0.0, 1.0]]), (1, 4)).round(2).tolist()
     [[0.0, 0.25, 0.75, 1.0]]
+    >>> resize_map(np.array([[0.0, 1.0, 1.0, 0.0]]), (1, 2), antialias=True).astype(float).round(3).tolist()
+    [[0.571, 0.571]]
     """
     m = np.asarray(heatmap, np.float32)
     if m.ndim not in (2, 3):
@@ -41,10 +69,9 @@ def resize_map(heatmap, size: tuple[int, int]) -> np.ndarray:
     in_h, in_w = m.shape[-2:]
     if (in_h, in_w) == (out_h, out_w):
         return m.copy()
-    r0, r1, rw = _axis_weights(in_h, out_h)
-    c0, c1, cw = _axis_weights(in_w, out_w)
-    rows = m[..., r0, :] * (1 - rw)[:, None] + m[..., r1, :] * rw[:, None]
-    return (rows[..., c0] * (1 - cw) + rows[..., c1] * cw).astype(np.float32)
+    rows = _axis_weights(in_h, out_h, antialias).astype(np.float32)
+    cols = _axis_weights(in_w, out_w, antialias).astype(np.float32)
+    return np.einsum("ih,...hw,jw->...ij", rows, m, cols, optimize=True).astype(np.float32)
 
 
 def to_uint8_rgb(image) -> np.ndarray:

@@ -69,9 +69,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="warm sessions to take the median of")
     args = parser.parse_args()
 
-    import app_stores
     import numpy as np
 
+    import app_stores
     from audit.store import schema
 
     store = args.store or Path(tempfile.mkdtemp(prefix="bench_app_")) / "run"

@@ -18,9 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from metrics_data import builtin_annotations, predictions_from  # noqa: E402
-
 from audit.metrics import compute_metrics  # noqa: E402
+from metrics_data import builtin_annotations, predictions_from  # noqa: E402
 
 
 def table(rows: int, classes: int, seed: int = 0):

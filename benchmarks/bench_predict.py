@@ -59,13 +59,19 @@ def bare_loop(data: Path, batch: int) -> float:
 
 
 def audit_pass(data: Path, batch: int) -> float:
-    from audit.runner import AuditOptions, _Run
+    from audit.engine import AuditOptions
+    from audit.engine.predict import predict
+    from audit.engine.session import Session
 
     with tempfile.TemporaryDirectory() as out:
-        run = _Run(MODEL, data, Path(out) / "o", None, AuditOptions(batch_size=batch, explain=(), tensorboard=False), False, False)
-        start = time.perf_counter()
-        run.predict()
-        return run.dataset.count / (time.perf_counter() - start)
+        options = AuditOptions(batch_size=batch, explain=(), tensorboard=False)
+        session = Session(MODEL, data, Path(out) / "o", None, options, resume=False, progress=False)
+        try:
+            start = time.perf_counter()
+            predict(session)
+            return session.dataset.count / (time.perf_counter() - start)
+        finally:
+            session.close()
 
 
 def peak_rss_mb(data: Path) -> float:

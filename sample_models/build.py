@@ -184,7 +184,8 @@ def build(out: Path) -> dict:
     pd.DataFrame({"index": np.arange(len(x_ev)), "noise": np.where(noisy, "noisy", "clean")}).to_csv(
         out / "digits_annotations.csv", index=False
     )
-    digits = {"accuracy": accuracy(dmodel, x_ev.astype(np.uint8).astype(np.float32), y_ev), "num_examples": int(len(y_ev))}
+    digits = {"accuracy": accuracy(dmodel, x_ev.astype(np.uint8).astype(np.float32), y_ev),
+              "num_examples": int(len(y_ev))}
 
     expected = {"seed": SEED, "versions": _versions(), "shapes_bias": shapes, "digits": digits}
     (out / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audit.metrics import compute_metrics
+from audit.explain.registry import titles
+from audit.metrics import compute_metrics, slice_membership
 from audit.store import schema
 from audit.store.writer import StoreWriter, save_npy, write_json, write_parquet
 
@@ -207,6 +208,7 @@ def _write(out: Path, frame, metrics, images, chosen, maps, acts, rng, *, name, 
     save_npy(out / schema.EMBEDDINGS, rng.normal(0, 1, (n, 16)).astype(np.float16))
     w.write_predictions(frame)
     w.write_metrics(metrics)
+    w.write_slices(slice_membership(frame, metrics))
     w.finish(_manifest(name, n, size, len(chosen), bootstrap, seed))
 
 
@@ -216,7 +218,8 @@ def _manifest(name: str, n: int, size: int, explained: int, bootstrap: int, seed
                   "input_shape": [size, size, 3], "num_classes": len(CLASSES), "output_kind": "softmax",
                   "softmax_applied": False},
         "dataset": {"source": "/data/shapes_eval", "kind": "folders", "count": n,
-                    "annotations": {"path": "/data/shapes_annotations.csv", "columns": ["cue", "cue_agrees", "background"],
+                    "annotations": {"path": "/data/shapes_annotations.csv",
+                                    "columns": ["cue", "cue_agrees", "background"],
                                     "missing_rows": 0, "extra_rows": 0},
                     "skipped": [], "readable": n},
         "class_names": list(CLASSES),
@@ -226,7 +229,7 @@ def _manifest(name: str, n: int, size: int, explained: int, bootstrap: int, seed
         "versions": {"keras-audit": "0.1.0"},
         "started_at": "2026-01-01T00:00:00+00:00",
         "explained": {"methods": list(METHODS), "count": explained, "activation_layers": list(LAYERS),
-                      "layer": "backbone/conv_last"},
+                      "layer": "backbone/conv_last", "titles": titles(METHODS)},  # as a run writes them
         "notes": [],
         "finished_at": "2026-01-01T00:01:00+00:00",
     }
@@ -264,7 +267,9 @@ def variant_store(source: str | Path, out: str | Path, *, seed: int = 1, name: s
     manifest["model"] = {**manifest["model"], "name": name, "path": f"/models/{name}.keras", "sha256": "1" * 64}
     # Written in place rather than through StoreWriter, which would clear the copied arrays.
     write_parquet(out / schema.PREDICTIONS, frame)
-    write_json(out / schema.METRICS, compute_metrics(frame, list(CLASSES), bootstrap=manifest["options"]["bootstrap"], seed=0))
+    metrics = compute_metrics(frame, list(CLASSES), bootstrap=manifest["options"]["bootstrap"], seed=0)
+    write_json(out / schema.METRICS, metrics)
+    write_parquet(out / schema.SLICES, slice_membership(frame, metrics))
     write_json(out / schema.MANIFEST, manifest)
     return out
 
@@ -349,6 +354,7 @@ def hostile_store(source: str | Path, out: str | Path) -> Path:
     write_parquet(out / schema.PREDICTIONS, frame)
     metrics = compute_metrics(frame, list(HOSTILE_CLASSES), bootstrap=manifest["options"]["bootstrap"], seed=0)
     write_json(out / schema.METRICS, metrics)
+    write_parquet(out / schema.SLICES, slice_membership(frame, metrics))
     write_json(out / schema.MANIFEST, manifest)
     return out
 

@@ -54,7 +54,8 @@ def brightness_model(head: str = "softmax", *, kind: str = "functional", channel
         model = keras.Model(inp, dense(pool(conv(inp))), name="func")
     # Channel 0: mean pixel / 100; channel 1: constant 1 (bias) — the square term is folded in
     # by choosing a linear score that ranks the bands correctly.
-    conv.set_weights([np.stack([np.full((channels,), 1.0 / (100 * channels)), np.zeros(channels)], 1)[None, None], np.array([0.0, 1.0])])
+    kernel = np.stack([np.full((channels,), 1.0 / (100 * channels)), np.zeros(channels)], 1)[None, None]
+    conv.set_weights([kernel, np.array([0.0, 1.0])])
     m = np.array([0.4, 1.28, 2.15])  # centres / 100
     if head == "sigmoid":  # light (class 1) vs not: logit = 10 * (mean/100 - 1.7)
         dense.set_weights([np.array([[10.0], [-17.0]]), np.zeros(1)])
@@ -82,11 +83,13 @@ def tiny(tmp_path_factory):
     x, labels = brightness_images(30)
     data = write_folder_dataset(root / "data", x, labels)
     paths = [f"{CLASSES[k]}/{i:03d}.png" for i, k in enumerate(labels)]
-    ann = pd.DataFrame({"path": paths, "site": np.where(np.arange(30) % 2 == 0, "a", "b"), "score": np.arange(30) * 1.5})
+    ann = pd.DataFrame({"path": paths, "site": np.where(np.arange(30) % 2 == 0, "a", "b"),
+                        "score": np.arange(30) * 1.5})
     ann.to_csv(root / "ann.csv", index=False)
     model = root / "model.keras"
     brightness_model().save(model)
-    return {"root": root, "data": data, "annotations": root / "ann.csv", "model": model, "x": x, "labels": labels, "paths": paths}
+    return {"root": root, "data": data, "annotations": root / "ann.csv", "model": model, "x": x, "labels": labels,
+            "paths": paths}
 
 
 def free_port() -> int:

@@ -3,7 +3,7 @@
 ``planted_predictions`` makes a table whose accuracy is set per annotation
 value, so tests know which slice must be flagged and by how much. ``write_store``
 lays a table out on disk exactly as :mod:`audit.store.schema` describes, for
-the report and comparison tests.
+the report, comparison and store tests.
 """
 
 from __future__ import annotations
@@ -81,8 +81,9 @@ def planted_predictions(n: int = 2000, num_classes: int = 3, seed: int = 0, *,
 def write_store(path: Path, frame: pd.DataFrame, class_names: list[str], *, model_name: str = "synthetic",
                 heatmaps: bool = True, images: bool = True, metrics: dict | None = None,
                 bootstrap: int = 200) -> Path:
-    """A complete results store at ``path`` holding ``frame`` (metrics computed unless given)."""
-    from audit.metrics import compute_metrics
+    """A complete results store at ``path`` holding ``frame`` (metrics computed unless given), with its
+    slice membership (slices.parquet) as the engine writes it."""
+    from audit.metrics import compute_metrics, slice_membership
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -91,6 +92,7 @@ def write_store(path: Path, frame: pd.DataFrame, class_names: list[str], *, mode
     if metrics is None:
         metrics = compute_metrics(frame, class_names, bootstrap=bootstrap)
     (path / schema.METRICS).write_text(json.dumps(metrics))
+    slice_membership(frame, metrics).to_parquet(path / schema.SLICES, index=False)
     rng = np.random.default_rng(n)
     if images:
         np.save(path / schema.IMAGES, rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8))

@@ -23,7 +23,6 @@ from streamlit.testing.v1 import AppTest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import app_stores
-
 from audit.store import schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -344,8 +343,21 @@ def test_calibration_page(stores, monkeypatch):
 
 
 # -- compare --------------------------------------------------------------------------------------------
+def keep_comparison(a: Path, b: Path) -> dict:
+    """The paired bootstrap, computed here, kept in run A as ``keras-audit app A B`` keeps it."""
+    from audit.cli import STORED_DISAGREEMENTS
+    from audit.metrics.paired import compare_runs
+    from audit.store.writer import write_owned_file
+    from audit.views.terminal import comparison_bytes, comparison_file
+
+    result = compare_runs(a, b, bootstrap=1000, max_disagreements=STORED_DISAGREEMENTS)
+    write_owned_file(a, comparison_file(b), comparison_bytes(a, b, result=result))
+    return result
+
+
 def test_compare_page_differences_and_disagreements(stores, monkeypatch):
     fa, fb = stores["frame_a"], stores["frame_b"]
+    result = keep_comparison(stores["a"], stores["b"])
     at = start(monkeypatch, stores["a"], stores["b"])
     assert any("B: shapes_synthetic_v2" in m.value for m in at.sidebar.markdown)
     goto(at, "compare")
@@ -356,6 +368,9 @@ def test_compare_page_differences_and_disagreements(stores, monkeypatch):
     present = (fa["cue"] == "present").to_numpy()
     assert row["difference"] == pytest.approx(fb["correct"][present].mean() - fa["correct"][present].mean())
     assert row["winner"] == "B better"  # B's cue bias is mostly fixed
+    kept = next(s for s in result["slices"] if (s["column"], s["value"]) == ("cue", "present"))
+    lo, hi = kept["difference_ci"]
+    assert row["interval"] == f"[{lo:+.1%}, {hi:+.1%}]"  # the test's own bootstrap, as the page shows it
     line = next(m.value for m in at.markdown if "disagreements" in m.value)
     assert line.startswith(f"**{int(differ.sum())} of {int(differ.sum())} disagreements")
 
@@ -367,17 +382,23 @@ def test_compare_page_differences_and_disagreements(stores, monkeypatch):
 
 
 def test_compare_page_only_with_two_runs_and_refuses_other_classes(stores, monkeypatch, tmp_path):
+    import shutil
+
+    from audit.cli import prepare_comparison
+
     at = start(monkeypatch, stores["a"])
     with pytest.raises(ValueError):
         at.switch_page("screens/compare.py")
-    other = tmp_path / "other_classes"
-    import shutil
-
-    shutil.copytree(stores["b"], other)
+    run_a = shutil.copytree(stores["a"], tmp_path / "run_a")
+    other = shutil.copytree(stores["b"], tmp_path / "other_classes")
     manifest = json.loads((other / schema.MANIFEST).read_text())
     manifest["class_names"] = ["ring", "box", "wedge"]
     (other / schema.MANIFEST).write_text(json.dumps(manifest))
-    at = goto(start(monkeypatch, stores["a"], other), "compare")
+    at = goto(start(monkeypatch, run_a, other), "compare")  # nothing kept yet: the page says what to run
+    assert "keeps no comparison" in at.info[0].value
+    assert at.code[0].value == f"keras-audit compare {run_a.resolve()} {other.resolve()} --save"
+    prepare_comparison(run_a, other)  # what `keras-audit app A B` does before the server starts
+    at = goto(start(monkeypatch, run_a, other), "compare")
     assert "cannot be compared" in at.error[0].value and "different classes" in at.error[0].value
 
 
@@ -486,8 +507,8 @@ def test_example_filter_select_and_order():
 
 
 def test_launcher_command_binds_loopback_and_passes_runs(tmp_path):
-    from audit.views.app.launch import app_entry, command
     from audit.errors import AuditError
+    from audit.views.app.launch import app_entry, command
 
     cmd = command([tmp_path / "a", Path("b")], port=8642)
     assert cmd[:5] == [sys.executable, "-m", "streamlit", "run", str(app_entry())]

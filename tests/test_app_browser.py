@@ -22,7 +22,6 @@ from conftest import free_port, stop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import app_stores
-
 from audit.store import schema
 
 CHROMIUM = Path("/usr/bin/chromium")

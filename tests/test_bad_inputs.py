@@ -47,7 +47,6 @@ def files(tmp_path_factory, tiny):
     tf.saved_model.save(good, str(root / "savedmodel"))
 
     x, labels = brightness_images(12)
-    paths = [f"{CLASSES[k]}/{i:03d}.png" for i, k in enumerate(labels)]
     data = tiny["data"]
 
     def labels_csv(name: str, rows: list[tuple[str, str]]) -> Path:
@@ -59,7 +58,8 @@ def files(tmp_path_factory, tiny):
     csv_rows = [(p, CLASSES[k]) for p, k in zip(tiny["paths"], tiny["labels"])]
     labels_csv("escape_dotdot", [*csv_rows, ("../../etc/passwd", CLASSES[0])])
     labels_csv("escape_absolute", [*csv_rows, ("/etc/hostname", CLASSES[0])])
-    labels_csv("contradictory", [*csv_rows, (csv_rows[0][0], CLASSES[2] if csv_rows[0][1] != CLASSES[2] else CLASSES[1])])
+    other = CLASSES[2] if csv_rows[0][1] != CLASSES[2] else CLASSES[1]
+    labels_csv("contradictory", [*csv_rows, (csv_rows[0][0], other)])
     labels_csv("unknown_name", [*csv_rows[:-1], (csv_rows[-1][0], "giraffe")])
     (root / "no_label_col").mkdir()
     (root / "no_label_col" / "labels.csv").write_text("path,klass\na.png,x\n")
@@ -146,10 +146,13 @@ def _data_cases(m: str, d: str, f: Path):
 def _annotation_cases(m: str, d: str, f: Path):
     return [
         ("annotations missing", [m, d, "--annotations", str(f / "none.csv")], ["none.csv", "does not exist"]),
-        ("annotations without path", [m, d, "--annotations", str(f / "ann_no_path.csv")], ["ann_no_path.csv", "'path'"]),
-        ("annotations match nothing", [m, d, "--annotations", str(f / "ann_nomatch.csv")], ["ann_nomatch.csv", "matches"]),
+        ("annotations without path", [m, d, "--annotations", str(f / "ann_no_path.csv")],
+         ["ann_no_path.csv", "'path'"]),
+        ("annotations match nothing", [m, d, "--annotations", str(f / "ann_nomatch.csv")],
+         ["ann_nomatch.csv", "matches"]),
         ("annotations duplicate rows", [m, d, "--annotations", str(f / "ann_dup.csv")], ["ann_dup.csv", "already"]),
-        ("annotations reserved column", [m, d, "--annotations", str(f / "ann_reserved.csv")], ["ann_reserved.csv", "pred"]),
+        ("annotations reserved column", [m, d, "--annotations", str(f / "ann_reserved.csv")],
+         ["ann_reserved.csv", "pred"]),
         ("annotations not text", [m, d, "--annotations", str(f / "ann_binary.csv")], ["ann_binary.csv", "cannot read"]),
     ]
 
@@ -205,6 +208,9 @@ def test_run_refuses_with_one_line(group, i, files, tiny, tmp_path, capsys):
     except SystemExit as e:  # argparse's own refusals
         code = e.code
     err = capsys.readouterr().err.strip().splitlines()
+    if os.environ.get("PRINT_MATRIX"):  # PRINT_MATRIX=1 pytest -s -k refuses: the matrix as a table
+        with capsys.disabled():
+            print(f"\nMATRIX | {group('m', 'd', files)[i][0]} | {code} | {err[0] if err else ''}")
     assert code == 2, err
     assert len(err) == 1 and err[0].startswith("keras-audit: error:"), err
     for needle in needles:

@@ -214,8 +214,8 @@ def test_planted_bias_gap_appears_in_the_sliced_scalars(tmp_path):
 
 # -- mistakes a user can make -----------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, message", [
-    ({"freq": 0}, "freq must be a positive int. Received: freq=0"),
-    ({"num_images": 2.5}, "num_images must be a positive int. Received: num_images=2.5"),
+    ({"freq": 0}, "freq must be 1 or more; received 0"),
+    ({"num_images": 2.5}, "num_images must be a whole number; received 2.5"),
     ({"explainers": ("lime",)}, "unknown explainer(s) ['lime']"),
     ({"summaries": ("audio",)}, "summaries must be some of images, pr_curves, slices, histograms"),
     ({"annotations": [1, 2, 3]}, "annotations must be a pandas DataFrame or a dict of columns"),
@@ -257,7 +257,7 @@ def test_bad_validation_data_and_annotations(tmp_path):
         cb.audit(1)
     cb.close()
 
-    one_shot = audited(((xv[i : i + 6], yv[i : i + 6]) for i in range(0, NV, 6)))
+    one_shot = audited((xv[i : i + 6], yv[i : i + 6]) for i in range(0, NV, 6))
     one_shot.audit(0)
     with pytest.raises(AuditError, match="no examples on this pass"):
         one_shot.audit(1)

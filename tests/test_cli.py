@@ -112,7 +112,8 @@ def test_some_images_unreadable_are_listed(tmp_path, capsys):
 
 
 def test_bad_option_values(capsys):
-    for argv in (["run", "m", "d", "--out", "o", "--rescale", "abc"], ["run", "m", "d", "--out", "o", "--explain", "lime"]):
+    for argv in (["run", "m", "d", "--out", "o", "--rescale", "abc"],
+                 ["run", "m", "d", "--out", "o", "--explain", "lime"]):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
@@ -123,8 +124,8 @@ def test_console_script_exit_codes(tmp_path):
     """The installed command: a user mistake is one line on stderr and exit 2, no traceback."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     (tmp_path / "data").mkdir()
-    done = subprocess.run(["keras-audit", "run", str(tmp_path / "m.keras"), str(tmp_path / "data"), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, env=env)
+    argv = ["keras-audit", "run", str(tmp_path / "m.keras"), str(tmp_path / "data"), "--out", str(tmp_path / "o")]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [f"keras-audit: error: {tmp_path / 'data'}: data directory is empty"]
     done = subprocess.run([sys.executable, "-c", "import audit, sys; print('tensorflow' in sys.modules)"],

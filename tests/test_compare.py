@@ -6,12 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from metrics_data import planted_predictions, predictions_from, write_store
 from rich.console import Console
 from scipy.stats import binomtest
 
-from audit.compare import compare_runs, render_comparison
 from audit.errors import AuditError, StoreError
+from audit.metrics.paired import compare_runs
+from audit.views.terminal import render_comparison
+from metrics_data import planted_predictions, predictions_from, write_store
 
 NAMES = ["cat", "dog", "fox"]
 ANNOTATIONS = ["background", "site", "aspect_ratio", "resolution", "brightness", "contrast"]
@@ -99,13 +100,61 @@ def test_disagreements_most_telling_first(runs, result):
 
 
 def test_render(result):
-    text = render_comparison(result)
     console = Console(width=160, record=True, highlight=False)
-    console.print(text)
+    console.print(render_comparison(result))
     plain = console.export_text()
     assert "B better" in plain and "background = dark" in plain
     assert "small" in plain and "big" in plain
     assert "McNemar" in plain and "[bold" not in plain
+    dark = next(line for line in plain.splitlines() if "background = dark" in line)
+    s = next(s for s in result["slices"] if (s["column"], s["value"]) == ("background", "dark"))
+    lo, hi = s["difference_ci"]
+    assert f"{s['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]" in dark and dark.rstrip().endswith("B better")
+
+
+def test_render_shows_user_strings_as_text(result):
+    hostile = {**result, "a": {"path": "[bold]a[/bold]", "model": "[red]m"}, "notes": ["[link=x]n[/link]"]}
+    console = Console(width=160, record=True, highlight=False)
+    console.print(render_comparison(hostile))
+    plain = console.export_text()
+    assert "[bold]a[/bold]" in plain and "[red]m" in plain and "[link=x]n[/link]" in plain
+
+
+def test_kept_comparison_is_read_back_only_for_the_same_runs(runs, result, tmp_path):
+    import shutil
+
+    from audit.store.writer import write_owned_file
+    from audit.views.terminal import comparison_bytes, comparison_file, stored_comparison
+
+    _, _, a, b = runs
+    a = shutil.copytree(a, tmp_path / "a")
+    assert stored_comparison(a, b) is None
+    write_owned_file(a, comparison_file(b), comparison_bytes(a, b, result=result))
+    assert stored_comparison(a, b)["comparison"] == json.loads(json.dumps(result))
+    assert comparison_file(b) in json.loads((a / "manifest.json").read_text())["files"]  # a re-run removes it
+    rerun = shutil.copytree(b, tmp_path / "b")
+    write_owned_file(a, comparison_file(rerun), comparison_bytes(a, rerun, result=result))
+    assert comparison_file(rerun) != comparison_file(b) and stored_comparison(a, rerun) is not None
+    manifest = json.loads((rerun / "manifest.json").read_text())
+    manifest["finished_at"] = "later"  # B run again into the same folder, with the same model
+    (rerun / "manifest.json").write_text(json.dumps(manifest))
+    assert stored_comparison(a, rerun) is None
+
+
+def test_cli_compare_saves_for_the_app(runs, tmp_path, capsys):
+    import shutil
+
+    from audit.cli import main
+    from audit.views.terminal import stored_comparison
+
+    _, _, a, b = runs
+    a = shutil.copytree(a, tmp_path / "a")
+    assert main(["compare", str(a), str(b), "--bootstrap", "50"]) == 0
+    assert "--save" in capsys.readouterr().out and stored_comparison(a, b) is None
+    assert main(["compare", str(a), str(b), "--bootstrap", "50", "--save"]) == 0
+    kept = stored_comparison(a, b)
+    assert kept["refused"] is None and kept["comparison"]["bootstrap"] == 50
+    assert kept["comparison"] == json.loads(json.dumps(compare_runs(a, b, bootstrap=50, max_disagreements=2000)))
 
 
 def test_runs_on_other_examples_are_refused(runs, tmp_path):

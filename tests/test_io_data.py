@@ -42,7 +42,8 @@ def test_labels_csv_with_names_and_indices(tmp_path):
     x, labels = brightness_images(6)
     write_folder_dataset(tmp_path / "imgs", x, labels)
     rows = [f"{CLASSES[k]}/{i:03d}.png" for i, k in enumerate(labels)]
-    pd.DataFrame({"path": rows, "label": [CLASSES[k] for k in labels]}).to_csv(tmp_path / "imgs" / "labels.csv", index=False)
+    table = pd.DataFrame({"path": rows, "label": [CLASSES[k] for k in labels]})
+    table.to_csv(tmp_path / "imgs" / "labels.csv", index=False)
     ds = open_dataset(tmp_path / "imgs")
     assert ds.kind == "csv" and ds.class_names == sorted(CLASSES) and ds.paths == rows
     assert [ds.class_names[k] for k in ds.labels] == [CLASSES[k] for k in labels]
@@ -90,7 +91,32 @@ def test_corrupt_images_are_skipped_and_listed(tmp_path):
     index, *_ = _all(ds)
     bad_index = ds.paths.index(bad.relative_to(tmp_path).as_posix())
     assert bad_index not in index and len(index) == 8
-    assert ds.skipped == [{"index": bad_index, "path": ds.paths[bad_index], "reason": "unreadable image"}]
+    assert len(ds.skipped) == 1 and ds.skipped[0]["index"] == bad_index
+    assert ds.skipped[0]["path"] == ds.paths[bad_index]
+    assert ds.skipped[0]["reason"].startswith("cannot decode: Unknown image file format")
+
+
+def test_skipped_files_say_why(tmp_path):
+    """A truncated PNG, a missing file and a folder each get their own reason, in listing order."""
+    from PIL import Image
+
+    x, _ = brightness_images(2)
+    Image.fromarray(x[0]).save(tmp_path / "good.png")
+    Image.fromarray(x[1]).save(tmp_path / "whole.png")
+    data = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "folder.png").mkdir()
+    pd.DataFrame({"path": ["good.png", "cut.png", "gone.png", "folder.png", "whole.png"],
+                  "label": [0, 1, 0, 1, 0]}).to_csv(tmp_path / "labels.csv", index=False)
+    ds = open_dataset(tmp_path)
+    index, *_ = _all(ds)
+    assert index.tolist() == [0, 4]
+    reasons = {s["path"]: s["reason"] for s in ds.skipped}
+    assert [s["index"] for s in ds.skipped] == [1, 2, 3]
+    assert reasons["cut.png"].startswith("cannot decode: Invalid PNG data"), reasons
+    assert reasons["gone.png"] == "file not found"
+    assert reasons["folder.png"] == "cannot read: Is a directory"
+    assert all("\n" not in r and "[Op:" not in r and "function_node" not in r for r in reasons.values())
 
 
 def test_annotations_by_path_keep_numbers_and_count_gaps(tiny, tmp_path):
@@ -123,7 +149,8 @@ def test_annotations_for_npz_by_index_or_row_order(tmp_path):
     [
         (lambda p: p / "missing", "does not exist"),
         (lambda p: (p / "empty").mkdir() or p / "empty", "empty"),
-        (lambda p: ((p / "noimg" / "a").mkdir(parents=True), (p / "noimg" / "a" / "x.txt").write_text("x"), p / "noimg")[2], "no images found"),
+        (lambda p: ((p / "noimg" / "a").mkdir(parents=True), (p / "noimg" / "a" / "x.txt").write_text("x"),
+                    p / "noimg")[2], "no images found"),
         (lambda p: ((p / "l.csv").write_text("file,label\na.png,0\n"), p / "l.csv")[1], "missing \\['path'\\]"),
         (lambda p: ((p / "d.txt").write_text("x"), p / "d.txt")[1], "must be an .npz"),
         (lambda p: ((p / "d.npz").write_bytes(b"garbage"), p / "d.npz")[1], "truncated or corrupt"),

@@ -47,7 +47,8 @@ def test_formats_and_heads_give_exact_probabilities(tmp_path, kind, head, suffix
 def test_sequential_trained_without_input_layer(tmp_path):
     import keras
 
-    model = keras.Sequential([keras.layers.Conv2D(2, 3), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")])
+    model = keras.Sequential([keras.layers.Conv2D(2, 3), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3, activation="softmax")])
     model.compile("sgd", "sparse_categorical_crossentropy")
     x = np.random.default_rng(0).random((4, 12, 10, 3)).astype(np.float32)
     model.fit(x, np.array([0, 1, 2, 0]), verbose=0, epochs=1)
@@ -96,7 +97,8 @@ def test_embeddings_are_the_head_input(tmp_path):
 def test_lambda_needs_unsafe(tmp_path):
     import keras
 
-    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Lambda(lambda t: t * 2), keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Lambda(lambda t: t * 2), keras.layers.Flatten(),
+                              keras.layers.Dense(2, activation="softmax")])
     for suffix in (".keras", ".h5"):
         path = tmp_path / f"lam{suffix}"
         model.save(path)
@@ -111,8 +113,10 @@ def test_lambda_needs_unsafe(tmp_path):
     [
         (lambda p: p.with_suffix(".keras"), "does not exist"),
         (lambda p: (p.with_suffix(".keras").write_bytes(b""), p.with_suffix(".keras"))[1], "empty"),
-        (lambda p: (p.with_suffix(".keras").write_bytes(b"PK\x03\x04garbage"), p.with_suffix(".keras"))[1], "truncated or corrupt"),
-        (lambda p: (p.with_suffix(".h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 20), p.with_suffix(".h5"))[1], "corrupt"),
+        (lambda p: (p.with_suffix(".keras").write_bytes(b"PK\x03\x04garbage"), p.with_suffix(".keras"))[1],
+         "truncated or corrupt"),
+        (lambda p: (p.with_suffix(".h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 20), p.with_suffix(".h5"))[1],
+         "corrupt"),
         (lambda p: (p.with_suffix(".onnx").write_bytes(b"x"), p.with_suffix(".onnx"))[1], "unknown model format"),
     ],
 )
@@ -136,7 +140,8 @@ def test_truncated_model_file(tmp_path):
     [
         (lambda k: k.Sequential([k.Input((8, 8, 3)), k.layers.Conv2D(3, 1)]), r"output has shape \(2, 8, 8, 3\)"),
         (lambda k: k.Sequential([k.Input((8, 8, 3)), k.layers.Flatten(), k.layers.Dense(1)]), "single output unit"),
-        (lambda k: k.Sequential([k.Input((8, 8, 3)), k.layers.Flatten(), k.layers.Dense(4, activation="relu")]), "activation 'relu'"),
+        (lambda k: k.Sequential([k.Input((8, 8, 3)), k.layers.Flatten(), k.layers.Dense(4, activation="relu")]),
+         "activation 'relu'"),
         (lambda k: k.Sequential([k.Input((10,)), k.layers.Dense(3, activation="softmax")]), "needs images"),
     ],
 )

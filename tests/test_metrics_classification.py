@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from metrics_data import planted_predictions
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     accuracy_score,
@@ -26,6 +25,7 @@ from audit.metrics import compute_metrics
 from audit.metrics.curves import MAX_POINTS, thin
 from audit.metrics.intervals import wilson
 from audit.store import schema
+from metrics_data import planted_predictions
 
 NAMES4 = ["cat", "dog", "fox", "owl"]
 

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from fairlearn.metrics import MetricFrame
-from metrics_data import DARK_ACCURACY, planted_predictions, predictions_from
 from sklearn.metrics import accuracy_score, recall_score
 
 from audit.errors import AuditError
 from audit.metrics import compute_metrics, worst_slices
 from audit.metrics.intervals import newcombe_difference, wilson
 from audit.metrics.slices import MISSING, OTHER, make_slice_column, slice_columns
+from metrics_data import DARK_ACCURACY, planted_predictions, predictions_from
 
 NAMES = ["cat", "dog", "fox"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from metrics_data import planted_predictions
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 from audit.metrics import compute_metrics
 from audit.metrics.thresholds import TARGET_RECALL_GRID, recall_thresholds
+from metrics_data import planted_predictions
 
 
 def binary_frame(labels, scores, **annotations) -> pd.DataFrame:

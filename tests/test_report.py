@@ -6,11 +6,11 @@ import json
 import re
 
 import pytest
-from metrics_data import planted_predictions, write_store
 
 from audit.errors import AuditError, StoreError
-from audit.views.report import write_report
 from audit.store import schema
+from audit.views.report import write_report
+from metrics_data import planted_predictions, write_store
 
 NAMES = ["cat", "dog", "fox"]
 

@@ -8,14 +8,16 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from audit.engine import AuditOptions
 from audit.errors import StoreError
 from audit.io.data import Dataset
-from audit.runner import AuditOptions, run_audit
+from audit.pipeline import run_audit
 from audit.store import schema
 from audit.store.reader import Reader
 from conftest import CLASSES, SIZE, brightness_images, brightness_model
@@ -54,7 +56,7 @@ def test_store_round_trip(tiny, tmp_path):
 
     assert run.heatmap_methods == ["gradcam", "occlusion"] and len(run.heatmap_index) == 30
     hm = run.heatmap("occlusion", 5)
-    assert hm.shape == (SIZE, SIZE) and hm.dtype == np.float32 and 0 <= hm.min() and hm.max() <= 1
+    assert hm.shape == (SIZE, SIZE) and hm.dtype == np.float32 and hm.min() >= 0 and hm.max() <= 1
     np.testing.assert_array_equal(run.image(5), x[5])
     assert run.embeddings().shape == (30, 2)
 
@@ -94,6 +96,21 @@ def test_sigmoid_and_savedmodel_runs(tmp_path):
                                options=AuditOptions(explain=explain, unsafe=source == "sm", **FAST), progress=False))
         assert run.class_names == ["other", "light"] and run.metrics["accuracy"] == 1.0
         np.testing.assert_allclose(run.probabilities(), _expected_probs("sigmoid", x), atol=1e-5)
+
+
+def test_one_options_object_serves_two_runs_identically(tiny, tmp_path):
+    """A run only reads its options: what it settles on (methods, notes) lives in its session."""
+    import copy
+
+    options = AuditOptions(explain=None, class_names=list(CLASSES), batch_size=8, **FAST)
+    before = copy.deepcopy(options)
+    stores = []
+    for name in ("first", "second"):
+        stores.append(run_audit(tiny["model"], tiny["data"], tmp_path / name, annotations=tiny["annotations"],
+                                options=options, progress=False))
+        assert options == before and options.explain is None and options.class_names == list(CLASSES)
+    assert_same_store(*stores)
+    assert Reader(stores[1]).manifest["options"] == before.recorded()
 
 
 def _interrupt_after(monkeypatch, n_batches: int):
@@ -256,7 +273,7 @@ def assert_same_store(a, b) -> None:
 
 
 def test_stored_activations_are_area_averaged_to_the_stored_size():
-    from audit.runner import _shrink_activations
+    from audit.engine.explain import _shrink_activations
 
     value = np.random.default_rng(0).random((2, 64, 48, 3)).astype(np.float32)
     blocks = value.reshape(2, 32, 2, 24, 2, 3).mean(axis=(2, 4))  # 2x2 block means: the area-average oracle

@@ -60,7 +60,8 @@ def test_demo_metrics_match_the_recorded_figures(demo):
     assert m["accuracy"] == pytest.approx(EXPECTED["shapes_bias"]["accuracy"], abs=1e-9)
     p = run.predictions
     agrees = p["cue_agrees"] == "yes"
-    assert p.loc[~agrees, "correct"].mean() == pytest.approx(EXPECTED["shapes_bias"]["accuracy_cue_disagrees"], abs=1e-9)
+    expected = EXPECTED["shapes_bias"]["accuracy_cue_disagrees"]
+    assert p.loc[~agrees, "correct"].mean() == pytest.approx(expected, abs=1e-9)
 
 
 def test_gradcam_looks_at_the_cue_when_the_cue_decides(demo):

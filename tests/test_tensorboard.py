@@ -27,8 +27,8 @@ import pytest
 
 from audit.errors import AuditError, StoreError
 from audit.metrics import worst_slices
-from audit.views import tensorboard as tb
 from audit.store.reader import Reader
+from audit.views import tensorboard as tb
 from audit.viz import overlay
 from conftest import CLASSES, brightness_images, brightness_model, free_port, stop
 
@@ -61,7 +61,8 @@ def decode_png(data: bytes) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    from audit.runner import AuditOptions, run_audit
+    from audit.engine import AuditOptions
+    from audit.pipeline import run_audit
 
     root = tmp_path_factory.mktemp("tb_store")
     x, labels = brightness_images(N)
@@ -278,7 +279,8 @@ def test_export_refuses_bad_targets(store, tmp_path):
 
 
 def test_run_without_explanations_exports_the_rest(tiny, tmp_path):
-    from audit.runner import AuditOptions, run_audit
+    from audit.engine import AuditOptions
+    from audit.pipeline import run_audit
 
     out = run_audit(tiny["model"], tiny["data"], tmp_path / "store", annotations=tiny["annotations"],
                     options=AuditOptions(explain=(), bootstrap=0, tensorboard=False), progress=False)

@@ -237,7 +237,8 @@ def _huge(path):
     "make,message",
     [
         (lambda p: _zip_without_config(p.with_suffix(".keras")), "no config.json"),
-        (lambda p: (p.with_suffix(".h5").write_text("not an HDF5 file at all"), p.with_suffix(".h5"))[1], "not an HDF5 file"),
+        (lambda p: (p.with_suffix(".h5").write_text("not an HDF5 file at all"), p.with_suffix(".h5"))[1],
+         "not an HDF5 file"),
         (lambda p: _archive(p.with_suffix(".keras"), [1, 2, 3]), "expected a JSON object with a 'class_name'"),
         (lambda p: _archive(p.with_suffix(".keras"), {"foo": 1}), "expected a JSON object with a 'class_name'"),
         (lambda p: _deep(p.with_suffix(".keras")), "nested too deeply"),

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from audit.engine import AuditOptions
 from audit.errors import AuditError, StoreError
-from audit.runner import AuditOptions, run_audit
+from audit.pipeline import run_audit
 from audit.store import schema
 from audit.store.reader import Reader
 from audit.store.writer import StoreWriter, write_owned_file
@@ -50,7 +51,7 @@ def _interrupted(inputs, out, monkeypatch, annotations="given"):
         if phase == "predict":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("audit.runner.checkpoint", stop)
+    monkeypatch.setattr("audit.engine.predict.checkpoint", stop)
     with pytest.raises(KeyboardInterrupt):
         run_audit(inputs["model"], inputs["data"], out, options=AuditOptions(batch_size=8, **FAST), progress=False,
                   annotations=inputs["annotations"] if annotations == "given" else None)
@@ -82,7 +83,8 @@ def test_resume_names_the_input_that_changed(inputs, tmp_path, monkeypatch):
         return str(e.value)
 
     # Changes pile up from the last input checked to the first, so each message names the newest one.
-    assert refused(seed=1) == f"{out}: --resume: --seed is 1 but the interrupted run used 0; pass the same options or {START_OVER}"
+    assert refused(seed=1) == (
+        f"{out}: --resume: --seed is 1 but the interrupted run used 0; pass the same options or {START_OVER}")
     assert refused(class_names=["c1_mid", "c0_dark", "c2_light"]) == (
         f"{out}: --resume: the class names changed since the interrupted run (c0_dark, c1_mid, c2_light then, "
         f"c1_mid, c0_dark, c2_light now); {START_OVER}")
@@ -122,9 +124,11 @@ def test_resume_refuses_annotations_the_interrupted_run_did_not_have(inputs, tmp
     (dict(min_slice_size=-1), "--min-slice-size must be 1 or more; received -1"),
     (dict(batch_size=0), "--batch-size must be 1 or more; received 0"),
     (dict(explain_limit=0), "--explain-limit must be 1 or more (or None: explain every example); received 0"),
-    (dict(occlusion_patch=0), "--occlusion-patch must be 1 or more (or None: about 1/8 of the shorter side); received 0"),
+    (dict(occlusion_patch=0),
+     "--occlusion-patch must be 1 or more (or None: about 1/8 of the shorter side); received 0"),
     (dict(rescale=0.0), "--rescale must be a positive number; received 0.0"),
-    (dict(explain=("gradcam", "shap")), "--explain: unknown explainer 'shap'; choose from gradcam, gradcam++, occlusion, activations"),
+    (dict(explain=("gradcam", "shap")),
+     "--explain: unknown explainer 'shap'; choose from gradcam, gradcam++, occlusion, scorecam, activations"),
     (dict(explain="gradcam"), "--explain must be a list of explainer names (or None); received 'gradcam'"),
     (dict(class_names=["a", "b", "a"]), "--class-names names 'a' twice"),
     (dict(slice_pairs="yes"), "--slice-pairs must be true, false or None; received 'yes'"),
@@ -140,8 +144,8 @@ def test_bad_options_are_refused_before_anything_is_written(tiny, tmp_path, opti
 def test_occlusion_patch_must_be_smaller_than_the_image(tiny, tmp_path):
     for patch in (16, 40):
         with pytest.raises(AuditError) as e:
-            run_audit(tiny["model"], tiny["data"], tmp_path / "out", progress=False,
-                      options=AuditOptions(explain=("occlusion",), occlusion_patch=patch, bootstrap=0, tensorboard=False))
+            options = AuditOptions(explain=("occlusion",), occlusion_patch=patch, bootstrap=0, tensorboard=False)
+            run_audit(tiny["model"], tiny["data"], tmp_path / "out", progress=False, options=options)
         assert str(e.value) == (f"--occlusion-patch {patch} is not smaller than the model's 16x16 input images "
                                 "(every occlusion map would be zero); choose at most 15")
         assert not (tmp_path / "out").exists()
@@ -160,7 +164,8 @@ def test_a_folder_of_someone_elses_files_is_refused_untouched(tiny, tmp_path):
     (theirs / "predictions.parquet").write_bytes(b"not ours")
     legacy = tmp_path / "old_store"
     legacy.mkdir()
-    (legacy / "manifest.json").write_text(json.dumps({"schema_version": 1, "complete": True, "model": {}, "dataset": {}}))
+    legacy_manifest = {"schema_version": 1, "complete": True, "model": {}, "dataset": {}}
+    (legacy / "manifest.json").write_text(json.dumps(legacy_manifest))
     (legacy / "images.npy").write_bytes(b"old")
     for folder, message in (
         (theirs, "--out is an existing directory that is not a keras-audit store; refusing to write into it"),
@@ -170,7 +175,8 @@ def test_a_folder_of_someone_elses_files_is_refused_untouched(tiny, tmp_path):
         before = _snapshot(folder)
         for resume in (False, True):
             with pytest.raises(StoreError) as e:
-                run_audit(tiny["model"], tiny["data"], folder, options=AuditOptions(**FAST), resume=resume, progress=False)
+                run_audit(tiny["model"], tiny["data"], folder, options=AuditOptions(**FAST), resume=resume,
+                          progress=False)
             assert str(e.value) == f"{folder}: {message}"
             assert _snapshot(folder) == before  # not even a lock file
     assert schema.is_store(legacy) and not schema.is_store(theirs)
@@ -193,7 +199,8 @@ def test_a_rerun_removes_only_the_files_the_store_lists(tiny, tmp_path):
     files = set(_snapshot(out))
     assert files == set(Reader(out).manifest["files"]) | {schema.MANIFEST, schema.LOCK_FILE, "tensorboard/my_notes.txt",
                                                           "README.txt"}
-    assert (out / "tensorboard" / "my_notes.txt").read_text() == "mine" and (out / "README.txt").read_text() == "also mine"
+    assert (out / "tensorboard" / "my_notes.txt").read_text() == "mine"
+    assert (out / "README.txt").read_text() == "also mine"
     assert not (out / "report.md").exists()
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["tensorboard"]  # heatmaps/, activations/ removed
 
@@ -223,7 +230,8 @@ def test_a_second_run_into_a_store_in_use_is_refused(tiny, tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         assert (store / schema.LOCK_FILE).read_text() == f"{holder.pid}\n"
-        expected = f"{store}: in use by another keras-audit run (process {holder.pid}); wait for it to end or choose another --out"
+        expected = (f"{store}: in use by another keras-audit run (process {holder.pid}); "
+                    "wait for it to end or choose another --out")
         with pytest.raises(StoreError) as e:
             run_audit(tiny["model"], tiny["data"], store, options=AuditOptions(**FAST), progress=False)
         assert str(e.value) == expected
@@ -293,7 +301,8 @@ def test_a_mistake_found_midway_leaves_no_store(tmp_path):
         (tmp_path / "data" / k / "x.png").write_bytes(b"\x89PNG broken")
     brightness_model().save(tmp_path / "m.keras")
     with pytest.raises(AuditError, match="none of the 3 images"):
-        run_audit(tmp_path / "m.keras", tmp_path / "data", tmp_path / "out", options=AuditOptions(**FAST), progress=False)
+        run_audit(tmp_path / "m.keras", tmp_path / "data", tmp_path / "out", options=AuditOptions(**FAST),
+                  progress=False)
     assert not (tmp_path / "out").exists()
 
 

@@ -26,10 +26,9 @@ from streamlit.testing.v1 import AppTest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import app_stores
 from app_stores import HOSTILE, HOSTILE_CLASSES
-
+from audit.store import schema
 from audit.views.format import md_text
 from audit.views.report import write_report
-from audit.store import schema
 
 ENTRY = Path(__file__).resolve().parents[1] / "audit" / "views" / "app" / "main.py"
 TIMEOUT = 90
@@ -170,9 +169,8 @@ def test_report_inside_the_store_is_listed_as_its_own(hostile, tmp_path):
 
 # -- TensorBoard -----------------------------------------------------------------------------------------
 def test_tensorboard_text_and_descriptions_are_escaped(hostile, tmp_path):
-    from test_tensorboard import read_events
-
     from audit.views import tensorboard as tb
+    from test_tensorboard import read_events
 
     events = read_events(tb.export(hostile["a"], tmp_path / "logs"))
     (_, report, _), = events["text"]["report"]

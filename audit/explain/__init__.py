@@ -10,7 +10,9 @@ returns one ``(N, H, W)`` float32 map per image in [0, 1], at the input's size:
 >>> occ = OcclusionSensitivity(model, patch_size=8)(images, targets=labels)  # doctest: +SKIP
 >>> quality.deletion_insertion(model, images, maps)["insertion"].mean()     # doctest: +SKIP
 
-``EXPLAINERS`` maps the command-line names to the map explainers. The
+``EXPLAINERS`` maps the command-line names to the map explainers' classes,
+derived from :data:`audit.explain.registry.METHODS` (names, titles, how the
+run's options build each one). The
 gradient family (``VanillaGradients``, ``GradientsInputs``, ``SmoothGrad``,
 ``IntegratedGradients``) needs the optional extra ``keras-audit[explain]``.
 
@@ -21,16 +23,14 @@ from __future__ import annotations
 
 from audit.explain import quality
 from audit.explain.activations import Activations
-from audit.explain.base import Explainer, LayerCAM, as_model, normalize_maps
+from audit.explain.base import CAMExplainer, Explainer, as_model, normalize_maps
 from audit.explain.gradcam import GradCAM, GradCAMPlusPlus
 from audit.explain.gradients import GradientsInputs, IntegratedGradients, SmoothGrad, VanillaGradients
 from audit.explain.occlusion import OcclusionSensitivity
+from audit.explain.registry import METHODS
+from audit.explain.scorecam import ScoreCAM
 
-EXPLAINERS: dict[str, type[Explainer]] = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "occlusion": OcclusionSensitivity,
-}
+EXPLAINERS: dict[str, type[Explainer]] = {name: method.build.cls for name, method in METHODS.items()}
 
 GRADIENT_EXPLAINERS: dict[str, type[Explainer]] = {
     "vanilla_gradients": VanillaGradients,
@@ -43,13 +43,14 @@ __all__ = [
     "EXPLAINERS",
     "GRADIENT_EXPLAINERS",
     "Activations",
+    "CAMExplainer",
     "Explainer",
     "GradCAM",
     "GradCAMPlusPlus",
     "GradientsInputs",
     "IntegratedGradients",
-    "LayerCAM",
     "OcclusionSensitivity",
+    "ScoreCAM",
     "SmoothGrad",
     "VanillaGradients",
     "as_model",

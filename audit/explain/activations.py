@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -74,16 +74,13 @@ class Activations:
         from audit.io.models import tap
 
         keras_model, layers, path = self.model.keras_model, self.layers, self.model.path
+        lock = self.model.lock
 
         def outputs(x):
-            with contextlib.ExitStack() as stack:
+            with lock, contextlib.ExitStack() as stack:
                 records = [stack.enter_context(tap(layer, "output")) for _, layer in layers]
                 keras_model(x, training=False)
-            values = []
-            for (name, _), record in zip(layers, records):
-                if "value" not in record:
-                    raise ModelError(f"layer {name!r} is not used when the model runs", path)
-                values.append(record["value"])
+            values = [record.one(name, path) for (name, _), record in zip(layers, records)]
             if not reduce:
                 return tuple(values)
             stats = []
@@ -98,13 +95,8 @@ class Activations:
                 ))
             return tuple(stats)
 
-        fn = tf.function(
-            outputs,
-            input_signature=[tf.TensorSpec((None, *self.model.input_shape), tf.float32)],
-            autograph=False,
-        )
-        self.model.compiled[key] = fn
-        return fn
+        signature = [tf.TensorSpec((None, *self.model.input_shape), tf.float32)]
+        return self.model.compile(key, outputs, signature, autograph=False)
 
     def __call__(self, images) -> dict[str, np.ndarray]:
         fn = self._traced(reduce=False)
@@ -121,16 +113,16 @@ class Activations:
         Counts are over every image and spatial position.
         """
         fn = self._traced(reduce=True)
-        sums = [None] * len(self.names)
-        maxima = [None] * len(self.names)
-        zeros = [None] * len(self.names)
+        sums: dict[int, np.ndarray] = {}  # layer position -> running total, set by the first batch
+        maxima: dict[int, np.ndarray] = {}
+        zeros: dict[int, np.ndarray] = {}
         counts = [0] * len(self.names)
         for x in iter_batches(batches, self.model, self.batch_size):
             for i, (s, m, z, c) in enumerate(fn(x)):
                 s, m, z = s.numpy().astype(np.float64), m.numpy(), z.numpy().astype(np.float64)
-                sums[i] = s if sums[i] is None else sums[i] + s
-                maxima[i] = m if maxima[i] is None else np.maximum(maxima[i], m)
-                zeros[i] = z if zeros[i] is None else zeros[i] + z
+                sums[i] = s if i not in sums else sums[i] + s
+                maxima[i] = m if i not in maxima else np.maximum(maxima[i], m)
+                zeros[i] = z if i not in zeros else zeros[i] + z
                 counts[i] += int(c)
         if not counts or not counts[0]:
             raise AuditError("no images to compute activation statistics from")

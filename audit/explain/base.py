@@ -1,7 +1,7 @@
 """Plumbing shared by every explainer: model adapter, input batches, targets, maps.
 
 Each method module holds its math only. Gradient methods (Grad-CAM and
-Grad-CAM++) subclass :class:`LayerCAM` and supply the per-channel weights;
+Grad-CAM++) subclass :class:`CAMExplainer` and supply the per-channel weights;
 perturbation methods (occlusion) need only a compiled forward function.
 
 Conventions that hold for every explainer:
@@ -20,11 +20,12 @@ TensorFlow is imported inside functions, so importing this module is cheap.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from audit.errors import AuditError, ModelError
+from audit.errors import AuditError, ModelError, whole_number
 
 DEFAULT_BATCH_SIZE = 64
 # Large enough for batches that keep the CPU busy, small enough that the
@@ -128,8 +129,7 @@ def _check_batch(x: np.ndarray, model) -> np.ndarray:
 
 def iter_batches(images, model, batch_size: int) -> Iterator[np.ndarray]:
     """Float32 batches of at most ``batch_size`` images from any supported input form."""
-    if batch_size < 1:
-        raise AuditError(f"batch_size must be at least 1; received: batch_size={batch_size!r}")
+    whole_number("batch_size", batch_size)
     if _is_array(images):
         x = _check_batch(np.asarray(images), model)
         for i in range(0, len(x), batch_size):
@@ -255,7 +255,12 @@ class Explainer(abc.ABC):
     """Base of the map explainers: batches in, one ``(N, H, W)`` float32 array out."""
 
     model: Any
-    batch_size: int
+
+    if TYPE_CHECKING:  # for the type checker only: a plain attribute in most explainers, derived in occlusion
+
+        @property
+        def batch_size(self) -> int:
+            """Images per compiled call."""
 
     @abc.abstractmethod
     def _explain_batch(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -281,8 +286,12 @@ class Explainer(abc.ABC):
         return np.zeros((0, h, w), np.float32)
 
 
-class LayerCAM(Explainer):
+class CAMExplainer(Explainer):
     """Class-activation maps from a layer's activations and the target score's gradients.
+
+    The abstract base of gradient-weighted CAMs (Grad-CAM, Grad-CAM++). Not to be
+    confused with Layer-CAM (Jiang et al., 2021), a different method that weights
+    each position by its own positive gradient.
 
     Subclasses give :meth:`channel_weights`; the map is
     ``ReLU(sum_k weight_k * A_k)`` at the layer's resolution, resized bilinearly
@@ -297,6 +306,8 @@ class LayerCAM(Explainer):
     log-odds of each class.
     """
 
+    batch_size: int
+
     def __init__(self, model, layer=None, *, batch_size: int = DEFAULT_BATCH_SIZE):
         self.model = as_model(model)
         self.model.require_layers(type(self).__name__)
@@ -306,7 +317,7 @@ class LayerCAM(Explainer):
     @property
     def trace_count(self) -> int:
         """How often the compiled function was traced (1 after any number of calls)."""
-        return self._function().experimental_get_tracing_count()
+        return self._function().experimental_get_tracing_count()  # type: ignore[attr-defined]
 
     @staticmethod
     @abc.abstractmethod
@@ -322,7 +333,7 @@ class LayerCAM(Explainer):
 
         from audit.io.models import pre_activation, tap
 
-        keras_model = self.model.keras_model
+        keras_model, lock = self.model.keras_model, self.model.lock
         head = self.model.head_layer()
         layer, layer_name, kind = self.layer, self.layer_name, self.model.output_kind
         weights_of = self.channel_weights
@@ -335,12 +346,11 @@ class LayerCAM(Explainer):
                     tape.watch(value)
                     return value
 
-                with tap(layer, "output", on_value=watched) as record, pre_activation(head):
+                # the lock keeps other traces off these layers; the swaps are this thread's only
+                with lock, tap(layer, "output", on_value=watched) as record, pre_activation(head):
                     scores = keras_model(x, training=False)
                 score, resolved = target_scores(scores, targets, kind)
-            if "value" not in record:
-                raise ModelError(f"layer {layer_name!r} is not used when the model runs", path)
-            acts = record["value"]
+            acts = record.one(layer_name, path)
             if acts.shape.rank != 4:
                 raise ModelError(
                     f"layer {layer_name!r} has a {acts.shape.rank}-D output; class-activation maps need a 4-D "
@@ -355,13 +365,8 @@ class LayerCAM(Explainer):
             return low, full, resolved
 
         shape = (None, *self.model.input_shape)
-        fn = tf.function(
-            cam,
-            input_signature=[tf.TensorSpec(shape, tf.float32), tf.TensorSpec((None,), tf.int32)],
-            autograph=False,
-        )
-        self.model.compiled[key] = fn
-        return fn
+        signature = [tf.TensorSpec(shape, tf.float32), tf.TensorSpec((None,), tf.int32)]
+        return self.model.compile(key, cam, signature, autograph=False)
 
     def _explain_batch(self, x, targets):
         _, full, _ = self._function()(x, targets)

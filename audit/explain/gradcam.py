@@ -1,11 +1,11 @@
-"""Grad-CAM and Grad-CAM++: only the channel weights differ; plumbing is in :class:`LayerCAM`."""
+"""Grad-CAM and Grad-CAM++: only the channel weights differ; plumbing is in :class:`CAMExplainer`."""
 
 from __future__ import annotations
 
-from audit.explain.base import LayerCAM
+from audit.explain.base import CAMExplainer
 
 
-class GradCAM(LayerCAM):
+class GradCAM(CAMExplainer):
     """Grad-CAM (Selvaraju et al., 2017): channel weight = spatial mean of the score's gradient.
 
     Args:
@@ -18,7 +18,7 @@ class GradCAM(LayerCAM):
     Calling it with ``(images, targets=None)`` returns ``(N, H, W)`` float32
     maps in [0, 1] at the input's size. The score is the target class's
     pre-activation score: the logit for softmax and logits heads, ``z`` or
-    ``-z`` for class 1 or 0 of a single sigmoid unit (see :class:`LayerCAM`).
+    ``-z`` for class 1 or 0 of a single sigmoid unit (see :class:`CAMExplainer`).
 
     Example:
         >>> from audit.explain import GradCAM
@@ -34,7 +34,7 @@ class GradCAM(LayerCAM):
         return tf.reduce_mean(gradients, axis=(1, 2))
 
 
-class GradCAMPlusPlus(LayerCAM):
+class GradCAMPlusPlus(CAMExplainer):
     """Grad-CAM++ (Chattopadhay et al., 2018): positive gradients weighted per position.
 
     ``alpha = g^2 / (2 g^2 + sum_ab(A) g^3)`` and ``weight_k = sum_ab alpha relu(g)``.

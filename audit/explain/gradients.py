@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.errors import AuditError
+from audit.errors import AuditError, whole_number
 from audit.explain.base import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MEMORY_MB,
@@ -75,7 +75,8 @@ class _TargetScore:
     def __call__(self, x):
         import tensorflow as tf
 
-        with self._pre_activation(self.head):
+        # traced inside tf-explain's tf.function: hold the model's lock while the head is swapped
+        with self.model.lock, self._pre_activation(self.head):
             scores = self.model.keras_model(x, training=False)
         scores = class_scores(scores, self.model.output_kind)
         return tf.gather(scores, self.targets, batch_dims=1)[:, None]
@@ -85,6 +86,7 @@ class _GradientFamily(Explainer):
     """Shared plumbing: predicted targets, per-image score function, channel reduction."""
 
     copies_per_image = 1
+    batch_size: int
 
     def __init__(self, model, *, batch_size: int = DEFAULT_BATCH_SIZE, memory_mb: float = DEFAULT_MEMORY_MB):
         self.core = _tf_explain()
@@ -154,8 +156,7 @@ class SmoothGrad(_GradientFamily):
     """
 
     def __init__(self, model, *, num_samples: int = 16, noise: float = 0.15, seed: int = 0, **kwargs):
-        if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-            raise AuditError(f"num_samples must be a positive int; received: num_samples={num_samples!r}")
+        whole_number("num_samples", num_samples)
         if noise < 0:
             raise AuditError(f"noise must be >= 0 (a fraction of the value range); received: noise={noise!r}")
         self.copies_per_image = int(num_samples)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from audit.errors import AuditError
+from audit.errors import AuditError, whole_number
 from audit.explain.base import DEFAULT_MEMORY_MB, Explainer, as_model, copies_per_call
-
 
 # Probabilities of identical inputs still differ by a few float32 ulps across
 # batch rows (vectorised vs remainder code paths); drops within 4 ulps of 1.0
@@ -65,14 +64,8 @@ class OcclusionSensitivity(Explainer):
     def __init__(self, model, patch_size: int = 8, stride: int | None = None, baseline=None, *,
                  memory_mb: float = DEFAULT_MEMORY_MB):
         self.model = as_model(model)
-        if not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
-            raise AuditError(f"patch_size must be a positive int; received: patch_size={patch_size!r}")
-        if stride is None:
-            stride = max(1, patch_size // 2)
-        if not isinstance(stride, (int, np.integer)) or stride < 1:
-            raise AuditError(f"stride must be a positive int; received: stride={stride!r}")
-        self.patch_size = int(patch_size)
-        self.stride = int(stride)
+        self.patch_size = whole_number("patch_size", patch_size)
+        self.stride = whole_number("stride", max(1, self.patch_size // 2) if stride is None else stride)
         self.baseline = None if baseline is None else np.asarray(baseline, np.float32)
         self.max_copies = copies_per_call(self.model, memory_mb)
         self._grid: dict = {}
@@ -163,7 +156,7 @@ class OcclusionSensitivity(Explainer):
 
     @property
     def trace_count(self) -> int:
-        return self._function().experimental_get_tracing_count()
+        return self._function().experimental_get_tracing_count()  # type: ignore[attr-defined]
 
     def _explain_batch(self, x, targets):
         n, h, w = x.shape[:3]

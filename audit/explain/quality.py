@@ -6,11 +6,11 @@ and work on stored maps.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from audit.errors import AuditError
+from audit.errors import AuditError, whole_number
 from audit.explain.base import DEFAULT_MEMORY_MB, Targets, _check_batch, as_model, copies_per_call
 
 
@@ -102,17 +102,33 @@ def deletion_insertion(
         >>> quality.deletion_insertion(model, images, maps)["deletion"].mean()  # doctest: +SKIP
     """
     model = as_model(model)
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise AuditError(f"steps must be a positive int; received: steps={steps!r}")
+    whole_number("steps", steps)
     x = _check_batch(np.asarray(images), model)
+    maps = _checked_maps(maps, x)
+    chosen = Targets(targets, model.num_classes)
+    wanted = chosen.take(len(x))
+    chosen.finish()
+    fill = _baseline_fill(x, baseline)
+    ranks = _pixel_ranks(maps)
+    counts = np.round(np.linspace(0, x.shape[1] * x.shape[2], steps + 1)).astype(np.int32)
+    deletion, insertion, resolved = _curves(model, x, fill, ranks, counts, wanted, memory_mb)
+    out = {"deletion": _area(deletion, steps), "insertion": _area(insertion, steps)}
+    if return_curves:
+        out.update(deletion_curve=deletion, insertion_curve=insertion, targets=resolved)
+    return out
+
+
+def _checked_maps(maps, x: np.ndarray) -> np.ndarray:
+    """(N, H, W) float32 maps for the images ``x``, resized to their size, NaN as 0."""
     n, h, w = x.shape[:3]
     maps = np.asarray(maps, np.float32)
     if maps.ndim != 3 or len(maps) != n:
         raise AuditError(f"maps must be (N, h, w) for the {n} images; received shape {maps.shape}")
-    maps = np.nan_to_num(_resized(maps, h, w), nan=0.0)
-    chosen = Targets(targets, model.num_classes)
-    wanted = chosen.take(n)
-    chosen.finish()
+    return np.nan_to_num(_resized(maps, h, w), nan=0.0)
+
+
+def _baseline_fill(x: np.ndarray, baseline) -> np.ndarray:
+    """The replacement pixels, shaped like ``x``: each image's mean colour, or ``baseline`` broadcast."""
     if baseline is None:
         fill = np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape)
     else:
@@ -122,13 +138,21 @@ def deletion_insertion(
             raise AuditError(
                 f"baseline of shape {np.shape(baseline)} does not fit images of shape {x.shape[1:]}"
             ) from None
-    fill = np.ascontiguousarray(fill, np.float32)
+    return np.ascontiguousarray(fill, np.float32)
 
+
+def _pixel_ranks(maps: np.ndarray) -> np.ndarray:
+    """Rank of each pixel (N, H*W) by map value, highest first, ties in pixel order."""
+    n = len(maps)
     order = np.argsort(-maps.reshape(n, -1), axis=1, kind="stable")
     ranks = np.empty_like(order, dtype=np.int32)
-    np.put_along_axis(ranks, order, np.arange(h * w, dtype=np.int32)[None, :], axis=1)
-    counts = np.round(np.linspace(0, h * w, steps + 1)).astype(np.int32)
+    np.put_along_axis(ranks, order, np.arange(order.shape[1], dtype=np.int32)[None, :], axis=1)
+    return ranks
 
+
+def _curves(model, x, fill, ranks, counts, wanted, memory_mb: float):
+    """Deletion and insertion curves (N, S) and resolved targets, in chunks within ``memory_mb``."""
+    n = len(x)
     budget = copies_per_call(model, memory_mb)
     per_image = 2 * len(counts) + 1
     images_per_call = max(1, budget // per_image)
@@ -144,10 +168,7 @@ def deletion_insertion(
             d, ins, t = fn(x[sl], fill[sl], ranks[sl], counts[cols], resolved[sl])
             deletion[sl, cols], insertion[sl, cols] = d.numpy(), ins.numpy()
             resolved[sl] = t.numpy()
-    out = {"deletion": _area(deletion, steps), "insertion": _area(insertion, steps)}
-    if return_curves:
-        out.update(deletion_curve=deletion, insertion_curve=insertion, targets=resolved)
-    return out
+    return deletion, insertion, resolved
 
 
 def _area(curves: np.ndarray, steps: int) -> np.ndarray:

@@ -33,7 +33,7 @@ def load_annotations(csv: str | Path, dataset: Dataset):
         raw = csv.read_bytes()  # read once: the hash (for --resume checks) is of exactly what was parsed
         table = pd.read_csv(io.BytesIO(raw))
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read annotations CSV ({str(e).splitlines()[0]})", csv)
+        raise DataError(f"cannot read annotations CSV ({str(e).splitlines()[0]})", csv) from None
 
     if dataset.paths is not None:
         if "path" not in table.columns:

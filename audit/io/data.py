@@ -23,11 +23,12 @@ listing (``index``), which is the key used everywhere in the results store.
 from __future__ import annotations
 
 import hashlib
+import re
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -84,6 +85,7 @@ class Dataset:
             h.update(f"{st.st_size} {st.st_mtime_ns} {raw.dtype.str}\n".encode())
             h.update(np.ascontiguousarray(raw).tobytes())
             return h.hexdigest()
+        assert self.root is not None  # file datasets always carry their root
         for p, label in zip(self.paths, raw.tolist()):
             try:
                 st = (self.root / p).stat()
@@ -138,13 +140,53 @@ class Dataset:
                 for missing in expected:
                     if missing == i:
                         break
-                    self._skip(missing)
+                    self._skip(missing, prepare)
             yield Batch(idx, x, stored, builtin, channels)
         for missing in expected:
-            self._skip(missing)
+            self._skip(missing, prepare)
 
-    def _skip(self, i: int) -> None:
-        self.skipped.append({"index": int(i), "path": self.paths[i] if self.paths else None, "reason": "unreadable image"})
+    def _skip(self, i: int, prepare=None) -> None:
+        """Record example ``i`` as skipped, with the reason found by reading it once more, eagerly.
+
+        ``ignore_errors`` drops a failing element without its error, so only skipped files
+        are read again (one eager decode each), to tell e.g. a missing file from a corrupt one.
+        """
+        path = self.paths[i] if self.paths else None
+        if path is not None and self.root is not None:
+            reason = _unreadable_reason(self.root / path, i, prepare)
+        else:
+            reason = "unreadable image"
+        self.skipped.append({"index": int(i), "path": path, "reason": reason})
+
+
+def _op_message(e) -> str:
+    """The readable part of a TensorFlow op error: no '{{function_node ...}}' prefix, no '[Op:...]' suffix."""
+    text = (getattr(e, "message", None) or str(e)).strip()
+    text = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", text)
+    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text, flags=re.S)
+    return (text.splitlines() or [type(e).__name__])[0][:300]
+
+
+def _unreadable_reason(file: Path, index: int, prepare=None) -> str:
+    """Why one file fails the pipeline, found by reading, decoding and preprocessing it eagerly."""
+    import tensorflow as tf
+
+    try:
+        data = tf.io.read_file(str(file))
+    except tf.errors.NotFoundError:
+        return "file not found"
+    except tf.errors.OpError as e:  # a directory, no permission, ...
+        return f"cannot read: {_op_message(e).replace(str(file) + '; ', '')}"
+    try:
+        img = tf.ensure_shape(tf.io.decode_image(data, expand_animations=False), (None, None, None))
+    except tf.errors.OpError as e:
+        return f"cannot decode: {_op_message(e)}"
+    if prepare is not None:
+        try:
+            prepare(tf.constant(index, tf.int64), img)
+        except (tf.errors.OpError, ValueError) as e:
+            return f"cannot preprocess: {_op_message(e)}"
+    return "unreadable image (failed in the input pipeline, but not when read again)"
 
 
 def _decode(file):
@@ -176,6 +218,38 @@ def _preprocess(img, size, channels, stored_shape, rescale):
     return model_in * rescale, stored, builtin, src_channels
 
 
+def preprocess_images(images: np.ndarray, input_shape: tuple[int, int, int], *, rescale: float = 1.0) -> np.ndarray:
+    """A batch of decoded images, prepared for the model exactly as :meth:`Dataset.batches` prepares files.
+
+    Args:
+        images: uint8 ``(N, h, w)`` or ``(N, h, w, channels)`` with 1 to 4 channels, all of one size.
+        input_shape: the model's ``(H, W, C)``.
+        rescale: the factor the pixels are multiplied by, after resizing.
+
+    Returns:
+        float32 ``(N, H, W, C)``: through the same graph (:func:`_preprocess`, in a
+        ``tf.data`` map), so a model scores these as it scored the audit's batches.
+
+    Raises:
+        DataError: ``images`` is not such a batch.
+    """
+    import tensorflow as tf
+
+    images = np.asarray(images)
+    images = images[..., None] if images.ndim == 3 else images
+    if images.dtype != np.uint8 or images.ndim != 4 or not 1 <= images.shape[-1] <= 4:
+        raise DataError(f"expected uint8 images (N, h, w[, 1-4 channels]); received {images.dtype} {images.shape}")
+    h, w, c = input_shape
+    if not len(images):
+        return np.zeros((0, h, w, c), np.float32)
+    own = tuple(images.shape[1:3])  # the stored copy _preprocess also makes: kept at this size, unused
+    # As the .npz path of Dataset.batches feeds its rows: one image at a time, of unknown size.
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter(images), output_signature=tf.TensorSpec((None, None, None), tf.uint8)
+    ).map(lambda img: _preprocess(img, (h, w), c, own, rescale)[0])
+    return np.concatenate(list(ds.batch(len(images)).as_numpy_iterator())).astype(np.float32, copy=False)
+
+
 def _npz_member(path: Path, name: str):
     """Open one array of an .npz for streaming: (zip, file object, shape, dtype)."""
     z = zipfile.ZipFile(path)
@@ -193,12 +267,15 @@ def _npz_member(path: Path, name: str):
                 f"array {name!r} holds Python objects (dtype=object), which are never unpickled; "
                 "save names with dtype=str and numbers with a numeric dtype", path)
         if fortran:
-            raise DataError(f"array {name!r} is stored in Fortran order; save it with np.savez(x=np.ascontiguousarray(x))", path)
+            raise DataError(
+                f"array {name!r} is stored in Fortran order; save it with np.savez(x=np.ascontiguousarray(x))", path)
     except (ValueError, EOFError) as e:
-        fh.close(), z.close()
-        raise DataError(f"array {name!r} is not a readable .npy ({str(e).splitlines()[0]})", path)
+        fh.close()
+        z.close()
+        raise DataError(f"array {name!r} is not a readable .npy ({str(e).splitlines()[0]})", path) from None
     except DataError:
-        fh.close(), z.close()
+        fh.close()
+        z.close()
         raise
     return z, fh, shape, dtype
 
@@ -206,7 +283,8 @@ def _npz_member(path: Path, name: str):
 def _npz_header(path: Path, name: str) -> tuple[tuple, np.dtype]:
     """Shape and dtype of one .npz array, without reading its data."""
     z, fh, shape, dtype = _npz_member(path, name)
-    fh.close(), z.close()
+    fh.close()
+    z.close()
     return shape, dtype
 
 
@@ -353,7 +431,7 @@ def _read_label_csv(csv: Path):
     try:
         table = pd.read_csv(csv)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read label CSV ({str(e).splitlines()[0]})", csv)
+        raise DataError(f"cannot read label CSV ({str(e).splitlines()[0]})", csv) from None
     missing = [c for c in ("path", "label") if c not in table.columns]
     if missing:
         raise DataError(f"label CSV needs columns 'path' and 'label'; missing {missing}", csv)
@@ -400,7 +478,7 @@ def _npz_strings(a: np.ndarray, name: str, path: Path) -> np.ndarray:
     try:
         return np.char.decode(a, "utf-8")
     except UnicodeDecodeError:
-        raise DataError(f"array {name!r} holds bytes that are not UTF-8 text", path)
+        raise DataError(f"array {name!r} holds bytes that are not UTF-8 text", path) from None
 
 
 def _load_npz_labels(path: Path, members: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -415,7 +493,7 @@ def _load_npz_labels(path: Path, members: list[str]) -> tuple[np.ndarray, np.nda
             names = data["class_names"] if "class_names" in data.files else None
             return data["y"], names
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise DataError(f"cannot read the .npz ({str(e).splitlines()[0]})", path)
+        raise DataError(f"cannot read the .npz ({str(e).splitlines()[0]})", path) from None
 
 
 def _open_npz(path: Path) -> Dataset:
@@ -423,12 +501,13 @@ def _open_npz(path: Path) -> Dataset:
         with zipfile.ZipFile(path) as z:
             members = z.namelist()
     except zipfile.BadZipFile:
-        raise DataError("not a readable .npz file (truncated or corrupt)", path)
+        raise DataError("not a readable .npz file (truncated or corrupt)", path) from None
     if "y.npy" not in members:
         raise DataError(".npz needs arrays 'x' (N, H, W, C) and 'y' (N,); 'y' is missing", path)
     x_shape, x_dtype = _npz_header(path, "x")
     if x_dtype.kind not in "uif":
-        raise DataError(f"array 'x' has dtype {x_dtype.str}; images must be numbers (uint8 0..255 or floats 0..1)", path)
+        raise DataError(
+            f"array 'x' has dtype {x_dtype.str}; images must be numbers (uint8 0..255 or floats 0..1)", path)
     y, names = _load_npz_labels(path, members)
     if len(x_shape) not in (3, 4) or y.ndim != 1 or len(y) != x_shape[0]:
         raise DataError(f"'x' must be (N, H, W[, C]) and 'y' (N,); got x{tuple(x_shape)} and y{y.shape}", path)
@@ -438,7 +517,9 @@ def _open_npz(path: Path) -> Dataset:
         raise DataError(f"array 'x' has an empty image size {tuple(x_shape)}", path)
     if names is not None and (names.ndim != 1 or names.size == 0):
         raise DataError(f"array 'class_names' must be 1-D (one name per class); got shape {names.shape}", path)
-    declared = None if names is None else _checked_names(_npz_strings(names, "class_names", path).tolist(), "class_names", path)
+    declared = None
+    if names is not None:
+        declared = _checked_names(_npz_strings(names, "class_names", path).tolist(), "class_names", path)
     raw = _parse_labels(_npz_strings(y, "y", path), path, "array 'y'")
     return _dataset(path, "npz", raw, declared)
 
@@ -475,6 +556,7 @@ def resolve_class_names(dataset: Dataset, num_classes: int, override: list[str] 
     mapped by name onto the chosen order and ``dataset.labels`` is set from them; labels given
     as indices stay indices into it.
     """
+    order: list[str] | None
     if override is not None:
         order = _checked_names(override, "--class-names", None)
         if len(order) != num_classes:
@@ -482,6 +564,7 @@ def resolve_class_names(dataset: Dataset, num_classes: int, override: list[str] 
     else:
         order = dataset.class_names
     if dataset.label_names is not None:
+        assert order is not None  # named labels always come with the data's class order (see _dataset)
         if override is None and not dataset.order_declared and len(order) < num_classes:
             # The names found cannot say where the missing classes sit in the model's outputs.
             raise DataError(

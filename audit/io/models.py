@@ -12,7 +12,10 @@ intermediate tensors ("taps").
 Taps work by swapping a layer's ``call`` for the duration of a trace, so they
 reach layers inside nested backbones and loaded Sequential models, where
 ``keras.Model(model.inputs, layer.output)`` fails with "Graph disconnected" or
-"never been called".
+"never been called". A swap is seen only by the thread that made it (any other
+thread calling the model meanwhile runs the real layer), is undone by putting
+back exactly what was there, and every trace that taps a model holds the model's
+lock (:attr:`LoadedModel.lock`), so two traces never swap the same layers at once.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import contextlib
 import hashlib
 import json
 import re
+import threading
+import weakref
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +96,8 @@ def _config_of(path: Path) -> dict | None:
                 raise ModelError("not a Keras model archive: the zip file has no config.json", path)
             size = z.getinfo("config.json").file_size
             if size > _MAX_CONFIG_BYTES:
-                raise ModelError(f"config.json is {size >> 20} MiB, too big for a model config (corrupt or hostile)", path)
+                raise ModelError(
+                    f"config.json is {size >> 20} MiB, too big for a model config (corrupt or hostile)", path)
             return _parsed_config(z.read("config.json"), path)
     import h5py
 
@@ -107,7 +114,7 @@ def _parsed_config(raw: bytes | str, path: Path) -> dict:
     try:
         config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except RecursionError:  # json nests by recursion; a hostile file can nest deeper than Python allows
-        raise ModelError("model config is nested too deeply to be a Keras model (corrupt or hostile)", path)
+        raise ModelError("model config is nested too deeply to be a Keras model (corrupt or hostile)", path) from None
     if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
         raise ModelError("model config is not a Keras model (expected a JSON object with a 'class_name')", path)
     return config
@@ -213,6 +220,37 @@ class LoadedModel:
     # Compiled functions keyed by (owner, name, ...): every explainer built on this model
     # reuses its tf.function instead of tracing a new one per instance or batch.
     compiled: dict = field(default_factory=dict, repr=False)
+    _lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock held while a function that taps this model is traced (hold it around the taps).
+
+        Shared by every LoadedModel that wraps the same Keras model (or SavedModel),
+        so two explainers built from one ``keras.Model`` never swap its layers at once.
+        """
+        owner = self.keras_model if self.keras_model is not None else self._owner
+        return self._lock if owner is None else model_lock(owner)
+
+    def compile(self, key, python_fn: Callable, input_signature: list | None = None, **options) -> Callable:
+        """The ``tf.function`` of ``python_fn``, cached under ``key`` in :attr:`compiled`.
+
+        With an ``input_signature`` the one concrete trace is made here, so errors found while
+        tracing (an unused or shared layer) surface before the function is cached. A
+        ``python_fn`` that taps layers holds :attr:`lock` around its taps, so that every trace,
+        this one and any retrace, swaps them under the lock. This method takes no lock itself:
+        a plain forward need not wait for another thread's trace. Two threads that miss the
+        cache together both trace, and the first stored is kept.
+        """
+        cached = self.compiled.get(key)
+        if cached is not None:
+            return cached
+        import tensorflow as tf
+
+        fn = tf.function(python_fn, input_signature=input_signature, **options)
+        if input_signature is not None:
+            fn.get_concrete_function()
+        return self.compiled.setdefault(key, fn)
 
     @property
     def name(self) -> str:
@@ -299,26 +337,26 @@ class LoadedModel:
     def predict_fn(self, embeddings: bool = False) -> Callable:
         """A compiled ``x -> probs`` (or ``x -> (probs, penultimate features)``), built once."""
         key = ("predict", embeddings)
-        if key not in self.compiled:
-            import tensorflow as tf
+        if key in self.compiled:
+            return self.compiled[key]
+        import tensorflow as tf
 
-            if embeddings and self.has_layers:
-                head = self.head_layer()
+        if embeddings and self.has_layers:
+            head = self.head_layer()
 
-                def fn(x):
-                    with tap(head, "input") as rec:
-                        y = self.raw_output(x)
-                    feats = rec["value"]
-                    feats = tf.reshape(feats, (tf.shape(feats)[0], -1))
-                    return self.to_probs(y), tf.cast(feats, tf.float32)
+            def fn(x):
+                with self.lock, tap(head, "input") as rec:
+                    y = self.raw_output(x)
+                feats = rec.one(head.name, self.path)
+                feats = tf.reshape(feats, (tf.shape(feats)[0], -1))
+                return self.to_probs(y), tf.cast(feats, tf.float32)
 
-            else:
+        else:
 
-                def fn(x):
-                    return self.to_probs(self.raw_output(x))
+            def fn(x):
+                return self.to_probs(self.raw_output(x))
 
-            self.compiled[key] = tf.function(fn, reduce_retracing=True)
-        return self.compiled[key]
+        return self.compile(key, fn, reduce_retracing=True)
 
     def trace_counts(self) -> dict[str, int]:
         """How often each compiled function was traced; constant across calls of one input shape."""
@@ -335,55 +373,123 @@ class LoadedModel:
         return np.concatenate(parts) if parts else np.zeros((0, self.num_classes), np.float32)
 
 
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model) -> threading.RLock:
+    """The re-entrant lock of one model object (created on first use, dropped with the model)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+class TapRecord:
+    """What a :func:`tap` saw: one value per call of the layer while the block ran.
+
+    A layer the model calls twice in one pass (a shared layer) records two values;
+    :meth:`one` is for callers that need a single value, and refuses that case by name.
+    """
+
+    def __init__(self, layer, what: str):
+        self.layer, self.what = layer, what
+        self.values: list = []
+
+    def one(self, name: str | None = None, path: Path | None = None):
+        """The layer's only recorded value, or a one-line ModelError naming the layer."""
+        name = name or self.layer.name
+        if not self.values:
+            raise ModelError(f"layer {name!r} is not used when the model runs", path)
+        if len(self.values) > 1:
+            raise ModelError(
+                f"layer {name!r} is called {len(self.values)} times in one pass (a shared layer), so its "
+                f"{self.what} is not one tensor; choose a layer the model calls once",
+                path,
+            )
+        return self.values[0]
+
+
+@contextlib.contextmanager
+def _swapped(obj, attr: str, replacement: Callable, name: str | None = None):
+    """Within the block, ``obj.attr`` is ``replacement(current, *args)`` for this thread only.
+
+    ``current`` is what ``obj.attr`` was (an outer swap, an instance attribute or the
+    class's method); other threads keep calling it. Afterwards the instance attribute
+    is exactly what it was before, or absent if it was absent.
+    """
+    had = attr in vars(obj)
+    previous = vars(obj).get(attr)
+    current = getattr(obj, attr)
+    owner = threading.get_ident()
+
+    def dispatch(*args, **kwargs):
+        if threading.get_ident() == owner:
+            return replacement(current, *args, **kwargs)
+        return current(*args, **kwargs)
+
+    if name is not None:
+        dispatch.__name__ = name  # what _activation_name reads from another thread
+    setattr(obj, attr, dispatch)
+    try:
+        yield
+    finally:
+        if had:
+            setattr(obj, attr, previous)
+        else:
+            delattr(obj, attr)
+
+
 @contextlib.contextmanager
 def tap(layer, what: str = "output", on_value: Callable | None = None):
     """Record a layer's input or output while the model is called inside the block.
 
-    ``on_value`` can transform the recorded tensor before the rest of the model
-    sees it (e.g. ``tape.watch``); the transformed tensor is what flows on.
-    Works inside ``tf.function`` because the swap is active while tracing.
+    Yields a :class:`TapRecord` with one value per call of the layer. ``on_value``
+    can transform each recorded tensor before the rest of the model sees it (e.g.
+    ``tape.watch``); the transformed tensor is what flows on. Works inside
+    ``tf.function`` because the swap is active while tracing; only the calling
+    thread sees it. Trace under the model's :attr:`LoadedModel.lock`. Taps nest,
+    also on one layer.
     """
-    record: dict = {}
-    original = layer.call
+    if what not in ("input", "output"):
+        raise ValueError(f"what must be 'input' or 'output'; received: {what!r}")
+    record = TapRecord(layer, what)
 
-    def call(*args, **kwargs):
+    def keep(value):
+        value = on_value(value) if on_value else value
+        record.values.append(value)
+        return value
+
+    def call(original, *args, **kwargs):
         if what == "input":
-            value = args[0] if args else next(iter(kwargs.values()))
-            record["value"] = on_value(value) if on_value else value
-            args = (record["value"], *args[1:]) if args else args
+            if args:
+                args = (keep(args[0]), *args[1:])
+            else:
+                first = next(iter(kwargs))
+                kwargs = {**kwargs, first: keep(kwargs[first])}
             return original(*args, **kwargs)
-        out = original(*args, **kwargs)
-        record["value"] = on_value(out) if on_value else out
-        return record["value"]
+        return keep(original(*args, **kwargs))
 
-    layer.call = call
-    try:
+    with _swapped(layer, "call", call):
         yield record
-    finally:
-        del layer.call  # restores the class method
 
 
 @contextlib.contextmanager
 def pre_activation(layer):
-    """Within the block, the head layer returns scores before softmax/sigmoid."""
+    """Within the block, the head layer returns scores before softmax/sigmoid (for this thread only)."""
     import keras
 
     if isinstance(layer, keras.layers.Softmax) or (
         isinstance(layer, keras.layers.Activation) and _activation_name(layer) in ("softmax", "sigmoid")
     ):
-        layer.call = lambda inputs, *a, **k: inputs
-        try:
+        with _swapped(layer, "call", lambda original, inputs, *a, **k: inputs):
             yield
-        finally:
-            del layer.call
         return
-    if _activation_name(layer) in ("softmax", "sigmoid"):
-        saved = layer.activation
-        layer.activation = keras.activations.linear
-        try:
+    name = _activation_name(layer)
+    if name in ("softmax", "sigmoid"):
+        with _swapped(layer, "activation", lambda original, x: x, name=name):
             yield
-        finally:
-            layer.activation = saved
         return
     yield
 
@@ -415,7 +521,7 @@ def _load_keras(path: Path, unsafe: bool, custom_objects: dict | None = None):
     try:
         config = _config_of(path)
     except (zipfile.BadZipFile, OSError, KeyError, ValueError) as e:  # ValueError covers bad JSON and UTF-8
-        raise ModelError(f"not a readable Keras model file (truncated or corrupt: {type(e).__name__})", path)
+        raise ModelError(f"not a readable Keras model file (truncated or corrupt: {type(e).__name__})", path) from None
     if config is not None and not unsafe:
         _refuse_unsafe_config(config, path)
     try:
@@ -472,7 +578,7 @@ def _load_savedmodel(path: Path):
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as e:  # TF raises many types for a bad SavedModel
-        raise ModelError(f"not a readable SavedModel directory ({type(e).__name__})", path)
+        raise ModelError(f"not a readable SavedModel directory ({type(e).__name__})", path) from None
     sig = loaded.signatures.get("serving_default")
     if sig is None:
         raise ModelError("SavedModel has no 'serving_default' signature", path)
@@ -490,7 +596,9 @@ def _load_savedmodel(path: Path):
     return loaded, tuple(spec.shape), call
 
 
-def _detect_kind(path: Path, out_shape: tuple, head_activation: str | None, probe: np.ndarray | None) -> tuple[str, int]:
+def _detect_kind(
+    path: Path, out_shape: tuple, head_activation: str | None, probe: np.ndarray | None
+) -> tuple[str, int]:
     if len(out_shape) != 2:
         raise ModelError(
             f"model output has shape {out_shape}; keras-audit needs a classifier with output (batch, classes)",
@@ -582,22 +690,25 @@ def _describe(path, fmt, sha256, in_shape, head_activation, *, keras_model=None,
     """Check that the model is an image classifier, probe its head, and describe it."""
     if len(in_shape) != 4 or None in in_shape[1:]:
         raise ModelError(
-            f"model input has shape {in_shape}; keras-audit needs images of a fixed size (batch, height, width, channels)",
+            f"model input has shape {in_shape}; "
+            "keras-audit needs images of a fixed size (batch, height, width, channels)",
             path,
         )
     probe_x = np.full((2, *in_shape[1:]), 0.5, np.float32)
     try:
         probe = np.asarray(call(probe_x) if call else keras_model(probe_x, training=False))
     except Exception as e:  # a model that cannot run on its own input shape is unusable
-        raise ModelError(f"model fails on an input of its own shape {in_shape}: {str(e).splitlines()[0]}", path)
+        raise ModelError(
+            f"model fails on an input of its own shape {in_shape}: {str(e).splitlines()[0]}", path) from e
     if not np.isfinite(probe).all():  # NaN weights: refuse now, before a store is started
         raise ModelError("model produced NaN/inf outputs on a plain grey input (are its weights NaN?)", path)
     kind, classes = _detect_kind(path, probe.shape, head_activation, probe)
+    h, w, c = (int(d) for d in in_shape[1:])
     return LoadedModel(
         path=path,
         format=fmt,
         sha256=sha256,
-        input_shape=tuple(int(d) for d in in_shape[1:]),
+        input_shape=(h, w, c),
         num_classes=int(classes),
         output_kind=kind,
         keras_model=keras_model,

@@ -46,7 +46,11 @@ and infinities are ``null``; ``*_ci`` values are ``[lo, hi]`` 95% intervals)::
                            (see audit.metrics.thresholds)
     notes                  [str]  warnings for the user (skipped columns, small slices, ...)
 
-The runner adds ``explanations`` (explanation quality per method) itself.
+The engine adds ``explanations`` (explanation quality per method) itself.
+
+:func:`slice_membership` turns the predictions and these metrics into
+``slices.parquet``: per example, the slice it falls in for every sliced column,
+so views find a slice's rows in the store without this package.
 
 Example:
     >>> from audit import Reader                                    # doctest: +SKIP
@@ -67,19 +71,32 @@ from audit.metrics.calibration import calibration_metrics
 from audit.metrics.classification import overall_metrics
 from audit.metrics.curves import curve_metrics
 from audit.metrics.predictions import read_predictions
-from audit.metrics.slices import slice_metrics, worst_slices
+from audit.metrics.slices import slice_membership, slice_metrics, worst_slices
 from audit.metrics.thresholds import threshold_metrics
 from audit.store import schema
 
 METRICS_VERSION = 1
 
-__all__ = ["compute_metrics", "worst_slices", "METRICS_VERSION"]
+__all__ = ["compute_metrics", "slice_membership", "worst_slices", "METRICS_VERSION"]
 
 
 def _option(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise AuditError(f"metrics option {name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _chosen_columns(available: list[str], wanted: list[str] | None) -> list[str]:
+    """The annotation columns to slice by: all of them, or those asked for (each must exist)."""
+    if wanted is None:
+        return available
+    unknown = [c for c in wanted if c not in available]
+    if unknown:
+        raise DataError(
+            f"annotation column(s) {', '.join(map(repr, unknown))} not in the predictions table "
+            f"(annotations: {', '.join(available) or 'none'})"
+        )
+    return list(dict.fromkeys(wanted))
 
 
 def compute_metrics(
@@ -116,18 +133,7 @@ def compute_metrics(
 
     notes: list[str] = []
     p = read_predictions(predictions, class_names, notes)
-    available = schema.annotation_columns(p.frame.columns)
-    if annotation_columns is None:
-        columns = available
-    else:
-        unknown = [c for c in annotation_columns if c not in available]
-        if unknown:
-            raise DataError(
-                f"annotation column(s) {', '.join(map(repr, unknown))} not in the predictions table "
-                f"(annotations: {', '.join(available) or 'none'})"
-            )
-        columns = list(dict.fromkeys(annotation_columns))
-
+    columns = _chosen_columns(schema.annotation_columns(p.frame.columns), annotation_columns)
     metrics: dict = {
         "metrics_version": METRICS_VERSION,
         "options": {"bootstrap": bootstrap, "min_slice_size": min_slice_size, "slice_pairs": slice_pairs,

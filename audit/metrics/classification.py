@@ -41,12 +41,10 @@ def mean_recall(counts: np.ndarray) -> np.ndarray:
         return np.nanmean(recall, axis=-1)
 
 
-def overall_metrics(p: Predictions, *, bootstrap: int, seed: int, notes: list[str]) -> dict:
-    """Accuracy, balanced accuracy, top-k, log loss, per-class table, confusion matrix."""
-    labels = np.arange(p.num_classes)
-    correct = p.correct
+def _accuracies(p: Predictions, *, bootstrap: int, seed: int) -> dict:
+    """Accuracy with its Wilson interval; balanced accuracy with a bootstrap one."""
     n = len(p.y)
-    lo, hi = wilson(correct.sum(), n)
+    lo, hi = wilson(p.correct.sum(), n)
     out: dict = {
         "num_examples": n,
         "num_classes": p.num_classes,
@@ -55,12 +53,11 @@ def overall_metrics(p: Predictions, *, bootstrap: int, seed: int, notes: list[st
         "accuracy_ci": [lo, hi],
         "error_rate": 1.0 - accuracy_score(p.y, p.pred),
     }
-
     with warnings.catch_warnings():
         # Classes absent from the labels are reported in notes, once.
         warnings.simplefilter("ignore", UserWarning)
         out["balanced_accuracy"] = balanced_accuracy_score(p.y, p.pred)
-    counts = class_correct_counts(p.y, correct.astype(np.int64), p.num_classes)
+    counts = class_correct_counts(p.y, p.correct.astype(np.int64), p.num_classes)
     if bootstrap:
         (samples,) = bootstrap_statistic(
             counts.reshape(-1), bootstrap, rng_for(seed, "balanced_accuracy"),
@@ -69,13 +66,19 @@ def overall_metrics(p: Predictions, *, bootstrap: int, seed: int, notes: list[st
         out["balanced_accuracy_ci"] = list(percentile_interval(samples))
     else:
         out["balanced_accuracy_ci"] = None
+    return out
 
+
+def _score_metrics(p: Predictions, notes: list[str]) -> dict:
+    """Top-k accuracy and log loss: the metrics that read the probabilities, not just the argmax."""
+    labels = np.arange(p.num_classes)
     # Top-k ranks by the stored probabilities; binary scikit-learn wants the positive score only.
     scores = p.probs[:, 1] if p.binary else p.probs
-    out["top_k_accuracy"] = {
-        str(k): top_k_accuracy_score(p.y, scores, k=k, labels=labels) for k in TOP_K if p.num_classes > k
+    out: dict = {
+        "top_k_accuracy": {
+            str(k): top_k_accuracy_score(p.y, scores, k=k, labels=labels) for k in TOP_K if p.num_classes > k
+        },
     }
-
     row_sums = p.probs.sum(1)
     if np.abs(row_sums - 1).max() > 1e-3:
         notes.append(
@@ -83,17 +86,11 @@ def overall_metrics(p: Predictions, *, bootstrap: int, seed: int, notes: list[st
             "log loss uses them renormalised"
         )
     out["log_loss"] = log_loss(p.y, p.probs / np.maximum(row_sums, 1e-12)[:, None], labels=labels)
+    return out
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        precision, recall, f1, support = precision_recall_fscore_support(
-            p.y, p.pred, labels=labels, zero_division=np.nan
-        )
-        out["macro_f1"] = f1_score(p.y, p.pred, labels=labels, average="macro", zero_division=np.nan)
-    out["per_class"] = [
-        {"class": name, "precision": precision[k], "recall": recall[k], "f1": f1[k], "support": int(support[k])}
-        for k, name in enumerate(p.class_names)
-    ]
+
+def _class_notes(p: Predictions, support: np.ndarray, notes: list[str]) -> None:
+    """Say which classes make per-class numbers undefined: never labelled, or never predicted."""
     absent = [name for k, name in enumerate(p.class_names) if support[k] == 0]
     if absent:
         notes.append(
@@ -107,5 +104,32 @@ def overall_metrics(p: Predictions, *, bootstrap: int, seed: int, notes: list[st
             f"the model never predicts {len(never)} class(es) ({', '.join(never[:5])}"
             f"{', ...' if len(never) > 5 else ''}); their precision is undefined"
         )
+
+
+def _per_class(p: Predictions, notes: list[str]) -> dict:
+    """Macro F1, the per-class precision / recall / F1 table and the confusion matrix."""
+    labels = np.arange(p.num_classes)
+    out: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        precision, recall, f1, support = precision_recall_fscore_support(
+            p.y, p.pred, labels=labels, zero_division=np.nan
+        )
+        out["macro_f1"] = f1_score(p.y, p.pred, labels=labels, average="macro", zero_division=np.nan)
+    out["per_class"] = [
+        {"class": name, "precision": precision[k], "recall": recall[k], "f1": f1[k], "support": int(support[k])}
+        for k, name in enumerate(p.class_names)
+    ]
+    _class_notes(p, support, notes)
     out["confusion_matrix"] = confusion_matrix(p.y, p.pred, labels=labels)
     return out
+
+
+def overall_metrics(p: Predictions, *, bootstrap: int, seed: int, notes: list[str]) -> dict:
+    """Accuracy, balanced accuracy, top-k, log loss, per-class table, confusion matrix."""
+    # Key order is that of metrics.json before the split (readers of the raw JSON see no change).
+    return {
+        **_accuracies(p, bootstrap=bootstrap, seed=seed),
+        **_score_metrics(p, notes),
+        **_per_class(p, notes),
+    }

@@ -61,12 +61,11 @@ def interpolated_precision(curve: dict, recall_grid: np.ndarray) -> np.ndarray:
     return np.where(at < len(recall), best_from_here[np.minimum(at, len(recall) - 1)], 0.0)
 
 
-def curve_metrics(p: Predictions, notes: list[str], *, max_points: int = MAX_POINTS) -> dict:
-    """Per-class and averaged PR / ROC curves with average precision and ROC AUC."""
+def _class_curves(p: Predictions, classes: list[int], max_points: int, recall_grid: np.ndarray,
+                  fpr_grid: np.ndarray) -> tuple[list[dict], list[str], list[np.ndarray], list[np.ndarray]]:
+    """One-vs-rest curves per class; also the classes whose curves are undefined and, for the macro
+    average, each defined class's precision on ``recall_grid`` and TPR on ``fpr_grid``."""
     n = len(p.y)
-    classes = [1] if p.binary else list(range(p.num_classes))
-    recall_grid = np.linspace(0.0, 1.0, GRID_POINTS)
-    fpr_grid = np.linspace(0.0, 1.0, GRID_POINTS)
     per_class, undefined, macro_prec, macro_tpr = [], [], [], []
     for c in classes:
         truth = p.y == c
@@ -87,6 +86,29 @@ def curve_metrics(p: Predictions, notes: list[str], *, max_points: int = MAX_POI
         else:
             undefined.append(p.class_names[c])
         per_class.append(entry)
+    return per_class, undefined, macro_prec, macro_tpr
+
+
+def _micro(p: Predictions, max_points: int) -> dict:
+    # Micro averaging is one binary problem over every (example, class) pair.
+    truth = (p.y[:, None] == np.arange(p.num_classes)[None, :]).ravel()
+    score = p.probs.ravel()
+    rc = roc(truth, score)
+    return {
+        "average_precision": average_precision_score(truth, score),
+        "roc_auc": auc(rc["fpr"], rc["tpr"]),
+        "pr": _thinned(pr_curve(truth, score), max_points),
+        "roc": _thinned(rc, max_points),
+    }
+
+
+def curve_metrics(p: Predictions, notes: list[str], *, max_points: int = MAX_POINTS) -> dict:
+    """Per-class and averaged PR / ROC curves with average precision and ROC AUC."""
+    n = len(p.y)
+    classes = [1] if p.binary else list(range(p.num_classes))
+    recall_grid = np.linspace(0.0, 1.0, GRID_POINTS)
+    fpr_grid = np.linspace(0.0, 1.0, GRID_POINTS)
+    per_class, undefined, macro_prec, macro_tpr = _class_curves(p, classes, max_points, recall_grid, fpr_grid)
     if undefined:
         notes.append(
             f"PR/ROC undefined for {len(undefined)} class(es) with no positive or no negative examples "
@@ -110,16 +132,7 @@ def curve_metrics(p: Predictions, notes: list[str], *, max_points: int = MAX_POI
             "roc": {"fpr": fpr_grid, "tpr": np.round(macro_tpr_arr, 6)},
         }
     if n * p.num_classes <= MICRO_LIMIT:
-        # Micro averaging is one binary problem over every (example, class) pair.
-        truth = (p.y[:, None] == np.arange(p.num_classes)[None, :]).ravel()
-        score = p.probs.ravel()
-        rc = roc(truth, score)
-        out["micro"] = {
-            "average_precision": average_precision_score(truth, score),
-            "roc_auc": auc(rc["fpr"], rc["tpr"]),
-            "pr": _thinned(pr_curve(truth, score), max_points),
-            "roc": _thinned(rc, max_points),
-        }
+        out["micro"] = _micro(p, max_points)
     else:
         notes.append(f"micro-averaged curves skipped: {n} examples x {p.num_classes} classes is too many pairs")
     return out

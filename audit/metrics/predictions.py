@@ -68,6 +68,15 @@ def _class_indices(values: pd.Series, name: str, num_classes: int) -> np.ndarray
     return arr
 
 
+def _is_labelled(y: np.ndarray) -> np.ndarray:
+    return ~np.isnan(y) & (y >= 0)
+
+
+def labelled_positions(frame: pd.DataFrame) -> np.ndarray:
+    """Positions of the rows that metrics score (those with a label), as :func:`read_predictions` keeps them."""
+    return np.flatnonzero(_is_labelled(frame["label"].to_numpy(dtype=float, na_value=np.nan)))
+
+
 def read_predictions(frame: pd.DataFrame, class_names: list[str], notes: list[str]) -> Predictions:
     """Check a predictions table against ``class_names`` and return its labelled rows as arrays.
 
@@ -95,7 +104,7 @@ def read_predictions(frame: pd.DataFrame, class_names: list[str], notes: list[st
     pred = _class_indices(frame["pred"], "pred", num_classes)
     if np.any(np.isnan(pred) | (pred < 0)):
         raise DataError("predictions column 'pred' has missing or negative class indices")
-    labelled = ~np.isnan(y) & (y >= 0)
+    labelled = _is_labelled(y)
     if not labelled.all():
         notes.append(f"{int((~labelled).sum())} rows have no label (NaN or negative) and are left out of all metrics")
     if not labelled.any():

@@ -56,7 +56,7 @@ Disparity per column (and per intersection), over values with at least
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from numbers import Integral
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -70,8 +70,9 @@ from audit.metrics.intervals import (
     rng_for,
     wilson,
 )
-from audit.metrics.predictions import DETAIL_CLASSES
+from audit.metrics.predictions import DETAIL_CLASSES, labelled_positions
 from audit.store import schema
+from audit.store.schema import worst_slices  # noqa: F401  (public here before the store had it)
 
 QUANTILE_BINS = 5
 MAX_LEVELS = 10
@@ -449,24 +450,24 @@ def disparity(column: SliceColumn, counts: np.ndarray, *, binary: bool, class_na
 
 
 # -- the whole slices section ----------------------------------------------------------------
-def slice_metrics(frame: pd.DataFrame, y: np.ndarray, correct: np.ndarray, class_names: list[str], *,
-                  columns: list[str], min_slice_size: int, slice_pairs: bool | None, bootstrap: int,
-                  seed: int, notes: list[str]) -> tuple[dict, list[SliceColumn]]:
-    """The ``slices`` section of metrics.json, and the single-column slicings (for thresholds)."""
-    num_classes = len(class_names)
-    binary = num_classes == 2
-    singles, skipped = slice_columns(frame, columns, min_slice_size=min_slice_size, notes=notes)
-    pairs = pairs_enabled(slice_pairs, singles, notes) and len(singles) >= 2
+class _SectionBuilder:
+    """Accumulates rows, column descriptions and parent counts while columns are added in order;
+    intersections need their parents' counts, so singles go first."""
 
-    rows: list[dict] = []
-    described: list[dict] = []
-    parent_counts: dict[str, np.ndarray] = {}
+    def __init__(self, y: np.ndarray, correct: np.ndarray, class_names: list[str], *, min_slice_size: int,
+                 bootstrap: int, seed: int, notes: list[str]):
+        self.y, self.correct, self.class_names = y, correct, class_names
+        self.min_slice_size, self.bootstrap, self.seed, self.notes = min_slice_size, bootstrap, seed, notes
+        self.rows: list[dict] = []
+        self.described: list[dict] = []
+        self.parent_counts: dict[str, np.ndarray] = {}
 
-    def add(column: SliceColumn, parents=None) -> list[dict]:
-        counts = slice_counts(column, y, correct, num_classes)
-        made = slice_rows(column, counts, min_slice_size=min_slice_size, parents=parents)
-        rows.extend(made)
-        described.append({
+    def add(self, column: SliceColumn, parents=None) -> list[dict]:
+        num_classes = len(self.class_names)
+        counts = slice_counts(column, self.y, self.correct, num_classes)
+        made = slice_rows(column, counts, min_slice_size=self.min_slice_size, parents=parents)
+        self.rows.extend(made)
+        self.described.append({
             "column": column.name,
             "columns": list(column.columns),
             "kind": column.kind,
@@ -476,36 +477,41 @@ def slice_metrics(frame: pd.DataFrame, y: np.ndarray, correct: np.ndarray, class
             "missing": column.missing,
             # A note for every intersection without two large values would bury the
             # other notes; the count of small intersection slices says it once.
-            "disparity": disparity(column, counts, binary=binary, class_names=class_names,
-                                   min_slice_size=min_slice_size, bootstrap=bootstrap, seed=seed,
-                                   notes=notes if column.kind != "intersection" else []),
+            "disparity": disparity(column, counts, binary=num_classes == 2, class_names=self.class_names,
+                                   min_slice_size=self.min_slice_size, bootstrap=self.bootstrap, seed=self.seed,
+                                   notes=self.notes if column.kind != "intersection" else []),
         })
-        parent_counts[column.name] = np.stack([counts.sum((1, 2)), counts[:, :, 1].sum(1)], axis=1)
+        self.parent_counts[column.name] = np.stack([counts.sum((1, 2)), counts[:, :, 1].sum(1)], axis=1)
         return made
 
-    for column in singles:
-        made = add(column)
-        small = sum(r["too_small"] for r in made)
-        if small:
-            notes.append(
-                f"annotation {column.name!r}: {small} of {len(made)} slices have fewer than {min_slice_size} "
-                "examples (kept, marked too_small)"
-            )
-    if pairs:
-        before = len(rows)
+    def add_singles(self, singles: list[SliceColumn]) -> None:
+        for column in singles:
+            made = self.add(column)
+            small = sum(r["too_small"] for r in made)
+            if small:
+                self.notes.append(
+                    f"annotation {column.name!r}: {small} of {len(made)} slices have fewer than "
+                    f"{self.min_slice_size} examples (kept, marked too_small)"
+                )
+
+    def add_pairs(self, singles: list[SliceColumn]) -> None:
+        before = len(self.rows)
         for i, a in enumerate(singles):
             for b in singles[i + 1:]:
-                add(intersect(a, b), (parent_counts[a.name], parent_counts[b.name]))
-        small = sum(r["too_small"] for r in rows[before:])
+                self.add(intersect(a, b), (self.parent_counts[a.name], self.parent_counts[b.name]))
+        small = sum(r["too_small"] for r in self.rows[before:])
         if small:
-            notes.append(
-                f"{small} of {len(rows) - before} intersection slices have fewer than {min_slice_size} "
+            self.notes.append(
+                f"{small} of {len(self.rows) - before} intersection slices have fewer than {self.min_slice_size} "
                 "examples (kept, marked too_small)"
             )
 
-    tested = sum(1 for r in rows if np.isfinite(r["gap_ci"][0]))
-    flagged = sum(r["flagged"] for r in rows)
-    section = {
+
+def _section(built: _SectionBuilder, skipped: list[dict], pairs: bool) -> dict:
+    bootstrap = built.bootstrap
+    tested = sum(1 for r in built.rows if np.isfinite(r["gap_ci"][0]))
+    flagged = sum(r["flagged"] for r in built.rows)
+    return {
         "method": {
             "accuracy_ci": "wilson",
             "gap_ci": "newcombe hybrid score (slice vs rest)",
@@ -513,41 +519,67 @@ def slice_metrics(frame: pd.DataFrame, y: np.ndarray, correct: np.ndarray, class
             if bootstrap else None,
             "level": 0.95,
             "bootstrap": bootstrap,
-            "seed": seed,
+            "seed": built.seed,
         },
-        "min_slice_size": min_slice_size,
+        "min_slice_size": built.min_slice_size,
         "pairs": pairs,
-        "columns": described,
+        "columns": built.described,
         "skipped": skipped,
-        "rows": rows,
+        "rows": built.rows,
         "summary": {"tested": tested, "flagged": flagged, "expected_flagged_by_chance": round(0.05 * tested, 1)},
     }
+
+
+def slice_metrics(frame: pd.DataFrame, y: np.ndarray, correct: np.ndarray, class_names: list[str], *,
+                  columns: list[str], min_slice_size: int, slice_pairs: bool | None, bootstrap: int,
+                  seed: int, notes: list[str]) -> tuple[dict, list[SliceColumn]]:
+    """The ``slices`` section of metrics.json, and the single-column slicings (for thresholds)."""
+    singles, skipped = slice_columns(frame, columns, min_slice_size=min_slice_size, notes=notes)
+    pairs = pairs_enabled(slice_pairs, singles, notes) and len(singles) >= 2
+    built = _SectionBuilder(y, correct, class_names, min_slice_size=min_slice_size, bootstrap=bootstrap,
+                            seed=seed, notes=notes)
+    built.add_singles(singles)
+    if pairs:
+        built.add_pairs(singles)
+    section = _section(built, skipped, pairs)
     if not bootstrap:
         notes.append("bootstrap is off (--bootstrap 0): disparity and balanced-accuracy intervals are not computed")
     return section, singles
 
 
-def worst_slices(metrics: dict, k: int = 5, *, intersections: bool = False) -> list[dict]:
-    """The ``k`` flagged slices that are worse than the rest, most negative gap first.
+# -- per-row membership (slices.parquet) ---------------------------------------------------------
+def slice_membership(predictions: pd.DataFrame, metrics: dict) -> pd.DataFrame:
+    """Which slice of ``metrics`` (metrics.json) every row of ``predictions`` falls in: slices.parquet.
 
-    Intersections are left out unless ``intersections`` is true; then only
-    those ``below_parents`` are included (a pair that is merely as bad as one of
-    its columns repeats that column).
+    Columns: ``index`` (the example index), then one per entry of
+    ``metrics["slices"]["columns"]`` under its name (``"a & b"`` for a pair),
+    holding the slice value as metrics.json names it (the quantile bin, the
+    crossed label), null for rows in no reported slice: rows without a label,
+    which metrics leave out. Rows follow ``predictions``.
 
-    Returns:
-        dicts with ``column, value, n, accuracy, ci, gap, gap_ci, too_small``.
+    The slices are recut from the labelled rows, as :func:`compute_metrics` cut
+    them (quantile edges depend on which rows are present); the count of every
+    slice is then checked against metrics.json's ``n``, so a store never holds a
+    membership that disagrees with its own metrics.
+
+    Raises:
+        AuditError: the predictions do not reproduce metrics.json's slices.
     """
-    if isinstance(k, bool) or not isinstance(k, Integral) or k < 0:
-        raise AuditError(f"worst_slices needs a count k >= 0, got {k!r}")
-    rows = (metrics.get("slices") or {}).get("rows") or []
-    chosen = [
-        r for r in rows
-        if r.get("flagged") and r.get("gap") is not None and r["gap"] < 0
-        and (len(r.get("columns", [])) < 2 or (intersections and r.get("below_parents")))
-    ]
-    chosen.sort(key=lambda r: (r["gap"], r["gap_ci"][1] if r["gap_ci"][1] is not None else 0.0))
-    return [
-        {"column": r["column"], "value": r["value"], "n": r["n"], "accuracy": r["accuracy"],
-         "ci": r["accuracy_ci"], "gap": r["gap"], "gap_ci": r["gap_ci"], "too_small": r["too_small"]}
-        for r in chosen[:k]
-    ]
+    labelled = labelled_positions(predictions)
+    kept = predictions.iloc[labelled].reset_index(drop=True)
+    out = {schema.SLICE_INDEX_COLUMN: predictions["index"].to_numpy(np.int64)}
+    sizes = {(r["column"], r["value"]): r["n"] for r in (metrics.get("slices") or {}).get("rows") or []}
+    # compute_metrics builds a plain dict; schema.Metrics is the store's typed view of the same layout
+    for name in schema.slice_column_names(cast(schema.Metrics, metrics)):
+        row_labels = stored_slice_column(kept, metrics, name).row_labels()
+        found = dict(zip(*np.unique(row_labels.astype(str), return_counts=True)))
+        wrong = [v for (c, v), n in sizes.items() if c == name and found.get(v, 0) != n]
+        if wrong:
+            raise AuditError(
+                f"slice {name} = {wrong[0]!r} does not have the {sizes[(name, wrong[0])]} rows metrics.json "
+                "reports; recompute the metrics from these predictions"
+            )
+        labels = np.full(len(predictions), None, dtype=object)
+        labels[labelled] = row_labels
+        out[name] = pd.array(labels, dtype="string")
+    return pd.DataFrame(out)

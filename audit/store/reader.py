@@ -24,6 +24,13 @@ from audit.errors import StoreError
 from audit.store import schema
 
 
+def _by_index(values, index):
+    """``values`` keyed by example index (slices.parquet and predictions.parquet are joined on it)."""
+    import pandas as pd
+
+    return pd.Series(values.to_numpy(), index=pd.Index(index.to_numpy(np.int64)), dtype=values.dtype)
+
+
 class Reader:
     """Read access to one results store directory.
 
@@ -42,9 +49,10 @@ class Reader:
         if not manifest_path.is_file():
             raise StoreError("not a keras-audit results store (no manifest.json)", self.path)
         try:
-            self.manifest: dict = json.loads(manifest_path.read_text())
+            self.manifest: schema.Manifest = json.loads(manifest_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise StoreError(f"manifest.json is not valid JSON ({e.msg if hasattr(e, 'msg') else e})", self.path)
+            detail = e.msg if hasattr(e, "msg") else e
+            raise StoreError(f"manifest.json is not valid JSON ({detail})", self.path) from None
         if not isinstance(self.manifest, dict):
             raise StoreError("manifest.json is not a JSON object; not a keras-audit results store", self.path)
         version = self.manifest.get("schema_version")
@@ -52,7 +60,9 @@ class Reader:
             raise StoreError("manifest.json has no schema_version; not a keras-audit results store", self.path)
         # Schema 1 stores carry no "store" marker and stay readable; the writer, which deletes, insists on it.
         if self.manifest.get("store", schema.STORE_MARKER) != schema.STORE_MARKER:
-            raise StoreError(f"manifest.json belongs to {self.manifest['store']!r}; not a keras-audit results store", self.path)
+            raise StoreError(
+                f"manifest.json belongs to {self.manifest['store']!r}; not a keras-audit results store", self.path
+            )
         if version > schema.SCHEMA_VERSION:
             raise StoreError(
                 f"store has schema version {version}, newer than this keras-audit understands "
@@ -60,7 +70,9 @@ class Reader:
                 self.path,
             )
         if not allow_incomplete and not self.complete:
-            raise StoreError("run is incomplete (interrupted?); finish it with `keras-audit run ... --resume`", self.path)
+            raise StoreError(
+                "run is incomplete (interrupted?); finish it with `keras-audit run ... --resume`", self.path
+            )
 
     # -- description ------------------------------------------------------------
     @property
@@ -80,8 +92,8 @@ class Reader:
         return int(self.manifest["dataset"]["count"])
 
     @property
-    def model_info(self) -> dict:
-        return dict(self.manifest["model"])
+    def model_info(self) -> schema.ModelInfo:
+        return self.manifest["model"].copy()
 
     @property
     def options(self) -> dict:
@@ -112,11 +124,58 @@ class Reader:
         return self.predictions[cols].to_numpy(np.float32)
 
     @cached_property
-    def metrics(self) -> dict:
+    def metrics(self) -> schema.Metrics:
         file = self.path / schema.METRICS
         if not file.is_file():
             raise StoreError("metrics.json is missing", self.path)
         return json.loads(file.read_text())
+
+    # -- slices -------------------------------------------------------------------------------
+    def worst_slices(self, k: int = 5, *, intersections: bool = False) -> list[schema.WorstSlice]:
+        """The ``k`` flagged slices worse than the rest, worst first (see :func:`schema.worst_slices`)."""
+        return schema.worst_slices(self.metrics, k, intersections=intersections)
+
+    @cached_property
+    def slices(self):
+        """Slice membership (pandas DataFrame, slices.parquet): ``index``, then per sliced column
+        (``"a & b"`` for a pair) the slice value of each example as metrics.json names it, or null."""
+        import pandas as pd
+
+        file = self.path / schema.SLICES
+        if not file.is_file():
+            raise StoreError(
+                "slices.parquet is missing (the store was written by an older keras-audit); "
+                "run the audit again to get each slice's examples", self.path,
+            )
+        return pd.read_parquet(file)
+
+    def _slice_column(self, column: str):
+        if column == schema.SLICE_INDEX_COLUMN or column not in self.slices.columns:
+            known = [c for c in self.slices.columns if c != schema.SLICE_INDEX_COLUMN]
+            raise StoreError(f"no slice column {column!r} (sliced: {', '.join(map(repr, known)) or 'none'})", self.path)
+        return self.slices[column]
+
+    def slice_rows(self, column: str, value: str) -> np.ndarray:
+        """Example indices (int64, ascending) of the slice ``column = value``, as metrics.json reports it.
+
+        Raises:
+            StoreError: the store has no membership, or no such column or value.
+        """
+        labels = self._slice_column(column)
+        inside = labels.eq(value).fillna(False).to_numpy(bool)
+        if not inside.any():
+            values = sorted(labels.dropna().unique())
+            shown = ", ".join(map(repr, values[:10])) + (", ..." if len(values) > 10 else "")
+            raise StoreError(f"slice column {column!r} has no value {value!r} (values: {shown})", self.path)
+        return np.sort(self.slices[schema.SLICE_INDEX_COLUMN].to_numpy(np.int64)[inside])
+
+    def slice_labels(self, column: str) -> np.ndarray:
+        """The slice value of ``column`` for every row of :attr:`predictions`, in its order (None where
+        the row is in no slice): object array, for masks such as ``labels == "dark"``."""
+        labels = self._slice_column(column)
+        by_index = _by_index(labels, self.slices[schema.SLICE_INDEX_COLUMN])
+        aligned = by_index.reindex(self.predictions["index"].to_numpy())
+        return aligned.astype(object).where(aligned.notna(), None).to_numpy(object)
 
     # -- arrays ---------------------------------------------------------------------
     def _array(self, rel: str) -> np.ndarray | None:
@@ -149,9 +208,12 @@ class Reader:
         """The stored map (h, w) float32 in [0, 1] of ``method`` for example ``index``."""
         maps = self._array(schema.heatmap_file(method))
         if maps is None:
-            raise StoreError(f"run has no {method!r} heatmaps (has: {', '.join(self.heatmap_methods) or 'none'})", self.path)
+            has = ", ".join(self.heatmap_methods) or "none"
+            raise StoreError(f"run has no {method!r} heatmaps (has: {has})", self.path)
         if index not in self.heatmap_index:
-            raise StoreError(f"example {index} has no heatmap (explained: {len(self.heatmap_index)} examples)", self.path)
+            raise StoreError(
+                f"example {index} has no heatmap (explained: {len(self.heatmap_index)} examples)", self.path
+            )
         return np.asarray(maps[self.heatmap_index[index]], np.float32)
 
     @property

@@ -8,6 +8,8 @@ Layout of ``OUT/``::
     manifest.json          run description; ``complete`` is true only at the end
     predictions.parquet    one row per example (see PREDICTION_COLUMNS)
     metrics.json           metrics computed from predictions.parquet
+    slices.parquet         per example, the slice it falls in for every sliced
+                           column and pair of columns of metrics.json (see SLICES)
     images.npy             uint8 (N, h, w, 3): each example as the model saw it,
                            longest side at most STORED_IMAGE_MAX_SIDE
     heatmaps/index.npy     int64 (K,): example indices that have heatmaps
@@ -33,8 +35,11 @@ from __future__ import annotations
 
 import math
 from numbers import Integral
+from typing import Any, TypedDict, cast
 
 import numpy as np
+
+from audit.errors import AuditError
 
 # 2: manifest gained "store", "files", dataset "fingerprint" and "tensorboard".
 SCHEMA_VERSION = 2
@@ -43,6 +48,15 @@ STORE_MARKER = "keras-audit"
 MANIFEST = "manifest.json"
 PREDICTIONS = "predictions.parquet"
 METRICS = "metrics.json"
+# Slice membership: column "index", then one column per entry of metrics.json's
+# slices.columns (single annotations and "a & b" pairs, under those names), each
+# holding the row's slice value as metrics.json names it, null where the row is in
+# no reported slice (rows without a label, which metrics leave out). Views find
+# the rows of a slice here instead of re-binning annotations with metrics code.
+# An added file, so the schema version stays: stores written before it lack it,
+# and the reader says so when a view asks for slice rows.
+SLICES = "slices.parquet"
+SLICE_INDEX_COLUMN = "index"
 IMAGES = "images.npy"
 EMBEDDINGS = "embeddings.npy"
 HEATMAP_DIR = "heatmaps"
@@ -71,7 +85,10 @@ PROB_PREFIX = "prob_"
 BUILTIN_ANNOTATIONS = ("aspect_ratio", "resolution", "brightness", "contrast")
 
 OUTPUT_KINDS = ("softmax", "logits", "sigmoid")
-EXPLAINERS = ("gradcam", "gradcam++", "occlusion", "activations")
+# Every name a run may store: the heatmap methods of audit.explain.registry.METHODS, in its
+# order, then "activations". A literal, because views read stores without importing the
+# engine; tests/test_registry.py fails when it and the registry disagree.
+EXPLAINERS = ("gradcam", "gradcam++", "occlusion", "scorecam", "activations")
 
 
 def prob_column(k: int) -> str:
@@ -79,12 +96,16 @@ def prob_column(k: int) -> str:
 
 
 def file_stem(method: str) -> str:
-    """A method name safe for file names: 'gradcam++' becomes 'gradcam_pp'."""
+    """A method name safe for file names: 'gradcam++' becomes 'gradcam_pp'.
+
+    The one rule for every file named after a method (heatmaps, quality scores, report
+    pictures, What-If features); ``registry.Method.stem`` calls it.
+    """
     return method.replace("++", "_pp")
 
 
 def heatmap_file(method: str) -> str:
-    """File of one explainer's maps."""
+    """File of one explainer's maps: ``heatmaps/<file_stem(method)>.npy``."""
     return f"{HEATMAP_DIR}/{file_stem(method)}.npy"
 
 
@@ -100,7 +121,172 @@ def annotation_columns(columns) -> list[str]:
     ]
 
 
-def read_manifest_file(path) -> dict | None:
+# -- typed models of the JSON files ----------------------------------------------------------
+# TypedDicts describe what the writer puts in manifest.json and metrics.json and
+# what views may rely on; they cost nothing at run time (plain dicts stay plain).
+# total=False where a key is absent in some stores: written late in a run, only
+# with some options, or not by schema-1 stores.
+
+
+class ModelInfo(TypedDict, total=False):
+    path: str
+    name: str
+    sha256: str
+    format: str
+    input_shape: list[int]
+    num_classes: int
+    output_kind: str  # one of OUTPUT_KINDS
+    softmax_applied: bool
+
+
+class DatasetInfo(TypedDict, total=False):
+    source: str
+    kind: str
+    count: int
+    fingerprint: str
+    readable: int
+    skipped: list[Any]
+    annotations: dict[str, Any] | None
+
+
+class ExplainedInfo(TypedDict, total=False):
+    methods: list[str]
+    count: int
+    activation_layers: list[str]
+    layer: str
+    titles: dict[str, str]  # method name -> title, from the method registry
+
+
+class Manifest(TypedDict, total=False):
+    store: str  # STORE_MARKER; absent in schema-1 stores
+    schema_version: int
+    model: ModelInfo
+    dataset: DatasetInfo
+    class_names: list[str]
+    options: dict[str, Any]
+    stored_image_shape: list[int]
+    versions: dict[str, str]
+    started_at: str
+    finished_at: str
+    explained: ExplainedInfo
+    notes: list[str]
+    files: list[str]
+    tensorboard: str  # TENSORBOARD_PENDING or TENSORBOARD_WRITTEN
+    complete: bool
+
+
+class SliceRow(TypedDict, total=False):
+    column: str
+    value: str
+    columns: list[str]
+    values: list[str]
+    n: int
+    accuracy: float | None
+    accuracy_ci: list[float | None]
+    error_rate: float | None
+    error_rate_ci: list[float | None]
+    rest_accuracy: float | None
+    gap: float | None
+    gap_ci: list[float | None]
+    flagged: bool
+    too_small: bool
+    support: list[int]  # per class, for models with few enough classes
+    recall: list[float | None]
+    recall_ci: list[list[float | None]]
+    range: list[float]  # quantile slices only
+    below_parents: bool  # intersections only
+
+
+class SliceColumnInfo(TypedDict, total=False):
+    column: str
+    columns: list[str]
+    kind: str  # "category", "level", "quantile" or "intersection"
+    builtin: bool
+    values: list[str]
+    bin_edges: list[float] | None
+    missing: int
+    disparity: dict[str, Any] | None
+
+
+class SlicesSection(TypedDict, total=False):
+    method: dict[str, Any]
+    min_slice_size: int
+    pairs: bool
+    columns: list[SliceColumnInfo]
+    skipped: list[dict[str, str]]
+    rows: list[SliceRow]
+    summary: dict[str, Any]
+
+
+class Metrics(TypedDict, total=False):
+    metrics_version: int
+    options: dict[str, Any]
+    num_examples: int
+    num_classes: int
+    class_names: list[str]
+    accuracy: float | None
+    accuracy_ci: list[float | None]
+    error_rate: float | None
+    balanced_accuracy: float | None
+    balanced_accuracy_ci: list[float | None] | None
+    top_k_accuracy: dict[str, float | None]
+    log_loss: float | None
+    macro_f1: float | None
+    per_class: list[dict[str, Any]]
+    confusion_matrix: list[list[int]]
+    curves: dict[str, Any]
+    calibration: dict[str, Any]
+    slices: SlicesSection
+    thresholds: dict[str, Any]
+    explanations: dict[str, dict[str, Any]]  # added by the engine after compute_metrics
+    notes: list[str]
+
+
+class WorstSlice(TypedDict):
+    column: str
+    value: str
+    n: int
+    accuracy: float | None
+    ci: list[float | None]
+    gap: float
+    gap_ci: list[float | None]
+    too_small: bool
+
+
+def worst_slices(metrics: Metrics, k: int = 5, *, intersections: bool = False) -> list[WorstSlice]:
+    """The ``k`` flagged slices of ``metrics`` (metrics.json) worse than the rest, most negative gap first.
+
+    A pure selection over the stored rows, so views rank slices without metrics
+    code. Intersections are left out unless ``intersections`` is true; then only
+    those ``below_parents`` are included (a pair that is merely as bad as one of
+    its columns repeats that column).
+
+    Raises:
+        AuditError: ``k`` is not a count.
+    """
+    if isinstance(k, bool) or not isinstance(k, Integral) or k < 0:
+        raise AuditError(f"worst_slices needs a count k >= 0, got {k!r}")
+    rows = (metrics.get("slices") or {}).get("rows") or []
+    chosen = [
+        r for r in rows
+        if r.get("flagged") and r.get("gap") is not None and r["gap"] < 0
+        and (len(r.get("columns", [])) < 2 or (intersections and r.get("below_parents")))
+    ]
+    # Ties on the gap go to the slice whose interval ends further below zero (surer).
+    chosen.sort(key=lambda r: (r["gap"], r["gap_ci"][1] if r["gap_ci"][1] is not None else 0.0))
+    return [
+        {"column": r["column"], "value": r["value"], "n": r["n"], "accuracy": r["accuracy"],
+         "ci": r["accuracy_ci"], "gap": r["gap"], "gap_ci": r["gap_ci"], "too_small": r["too_small"]}
+        for r in chosen[:k]
+    ]
+
+
+def slice_column_names(metrics: Metrics) -> list[str]:
+    """The sliced columns of ``metrics`` (singles, then pairs), as slices.parquet names its columns."""
+    return [c["column"] for c in (metrics.get("slices") or {}).get("columns") or []]
+
+
+def read_manifest_file(path) -> Manifest | None:
     """The manifest of the folder ``path`` as a dict, or None if it has no readable JSON object one."""
     import json
     from pathlib import Path
@@ -109,18 +295,20 @@ def read_manifest_file(path) -> dict | None:
         manifest = json.loads((Path(path) / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    return manifest if isinstance(manifest, dict) else None
+    return cast(Manifest, manifest) if isinstance(manifest, dict) else None
 
 
-def is_marked(manifest: dict | None) -> bool:
+def is_marked(manifest: Manifest | None) -> bool:
     """A manifest written by this schema version or later (it lists the store's own files)."""
-    return bool(manifest) and manifest.get("store") == STORE_MARKER
+    return manifest is not None and manifest.get("store") == STORE_MARKER
 
 
-def is_legacy(manifest: dict | None) -> bool:
+def is_legacy(manifest: Manifest | None) -> bool:
     """A schema-1 manifest: keras-audit's before the marker, still readable, but it lists no files."""
+    if not manifest:
+        return False
     return (
-        bool(manifest) and "store" not in manifest and manifest.get("schema_version") == 1
+        "store" not in manifest and manifest.get("schema_version") == 1
         and isinstance(manifest.get("model"), dict) and isinstance(manifest.get("dataset"), dict)
     )
 

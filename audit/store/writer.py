@@ -21,14 +21,15 @@ import secrets
 import shutil
 import time
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from audit.errors import StoreError
-from audit.progress import checkpoint
 from audit.store import schema
+from audit.store.killpoint import checkpoint
 
 STATE = f"{schema.WORK_DIR}/state.json"
 # Temporary names of atomic writes; a re-run removes these leftovers of a kill beside each own file.
@@ -101,7 +102,9 @@ class NpyArray:
         if reuse and path.is_file():
             existing = np.load(path, mmap_mode="r")
             if existing.shape != self.shape or existing.dtype != self.dtype:
-                raise StoreError(f"{path.name} has shape {existing.shape}, expected {self.shape}; cannot resume", path.parent)
+                raise StoreError(
+                    f"{path.name} has shape {existing.shape}, expected {self.shape}; cannot resume", path.parent
+                )
             self.offset = existing.offset
             del existing
         else:
@@ -116,7 +119,7 @@ class NpyArray:
     def write(self, rows: np.ndarray, at: np.ndarray | int) -> None:
         """Write ``rows`` at row positions ``at`` (an int start, or one position per row)."""
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
-        positions = np.arange(at, at + len(rows)) if np.isscalar(at) else np.asarray(at)
+        positions = np.arange(at, at + len(rows)) if isinstance(at, (int, np.integer)) else np.asarray(at)
         # Consecutive positions go out in one call; the common case is a single run.
         breaks = np.flatnonzero(np.diff(positions) != 1) + 1
         for chunk_rows, chunk_pos in zip(np.split(rows, breaks), np.split(positions, breaks)):
@@ -190,6 +193,7 @@ class StoreLock:
 
     def _holder(self) -> str:
         # The holder writes its id just after it locks; a loser arriving in between waits a moment.
+        assert self.fd is not None
         for _ in range(20):
             pid = os.pread(self.fd, 32, 0).decode(errors="replace").strip()
             if pid:
@@ -198,18 +202,19 @@ class StoreLock:
         return "unknown"
 
     def release(self) -> None:
-        if getattr(self, "fd", None) is None:
+        fd = getattr(self, "fd", None)
+        if fd is None:
             return
-        os.ftruncate(self.fd, 0)  # empty whenever nobody holds it
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+        os.ftruncate(fd, 0)  # empty whenever nobody holds it
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
         self.fd = None
 
     # A writer its caller never closed still frees the store when it is dropped.
     __del__ = release
 
 
-def _existing_store(out: Path) -> dict | None:
+def _existing_store(out: Path) -> dict[str, Any] | None:
     """The manifest of the store in ``out``, or None when ``out`` is absent or empty.
 
     Anything else is refused, naming the folder: a typo in ``--out`` must not
@@ -221,7 +226,7 @@ def _existing_store(out: Path) -> dict | None:
         return None
     manifest = schema.read_manifest_file(out)
     if schema.is_marked(manifest):
-        return manifest
+        return dict(manifest or {})
     if schema.is_legacy(manifest):
         raise StoreError(
             "--out holds a results store of an older keras-audit, which does not list its own files; "
@@ -233,13 +238,15 @@ def _existing_store(out: Path) -> dict | None:
     except OSError as e:
         raise StoreError(f"cannot read --out ({e.strerror or e})", out) from None
     if foreign:
-        raise StoreError("--out is an existing directory that is not a keras-audit store; refusing to write into it", out)
+        raise StoreError(
+            "--out is an existing directory that is not a keras-audit store; refusing to write into it", out
+        )
     return None
 
 
 # Stores this process is writing, by resolved path, so write_owned_file() goes through their writer;
 # weak, so that a writer dropped without close() is not kept alive (with its lock) by this registry.
-_OPEN: "weakref.WeakValueDictionary[Path, StoreWriter]" = weakref.WeakValueDictionary()
+_OPEN: weakref.WeakValueDictionary[Path, StoreWriter] = weakref.WeakValueDictionary()
 
 
 class StoreWriter:
@@ -269,22 +276,23 @@ class StoreWriter:
             raise
         _OPEN[self.out.resolve()] = self
 
-    def _open(self, previous: dict | None, resume: bool) -> None:
+    # Manifests are built here as plain dicts; schema.Manifest types what readers get back.
+    def _open(self, previous: dict[str, Any] | None, resume: bool) -> None:
         """Decide between resuming and starting afresh (clearing the previous run's files)."""
         has_state = (self.out / STATE).is_file()
         # A run killed during its TensorBoard export is complete but for the logs: redo only them.
         self.export_only = bool(resume and previous and previous.get("complete"))
-        if self.export_only and previous.get("tensorboard") != schema.TENSORBOARD_PENDING:
+        if self.export_only and previous and previous.get("tensorboard") != schema.TENSORBOARD_PENDING:
             raise StoreError("run is already complete; nothing to resume", self.out)
         # With nothing recorded yet (killed before its first state.json), --resume starts afresh.
         self.resuming = bool(resume and previous and (self.export_only or has_state))
         if previous is not None and not self.resuming:
             self._clear(previous)
-        self.files: set[str] = set(self._listed(previous)) if self.resuming else set()
+        self.files: set[str] = set(self._listed(previous)) if previous and self.resuming else set()
         self.state: dict = json.loads((self.out / STATE).read_text()) if self.resuming and has_state else {}
-        self._manifest: dict = dict(previous) if self.resuming else {}
+        self._manifest: dict[str, Any] = dict(previous) if previous and self.resuming else {}
 
-    def _reopen(self, previous: dict | None) -> None:
+    def _reopen(self, previous: dict[str, Any] | None) -> None:
         """A finished store, to add its own files to (``keras-audit tensorboard OUT``)."""
         if not (previous and previous.get("complete")):
             raise StoreError("not a finished keras-audit results store", self.out)
@@ -292,23 +300,24 @@ class StoreWriter:
         self.files = set(self._listed(previous))
         self.state, self._manifest = {}, dict(previous)
 
-    def _listed(self, manifest: dict) -> list[str]:
+    def _listed(self, manifest: dict[str, Any]) -> list[str]:
         files = manifest.get("files", [])
         rels = [schema.owned_path(f) for f in files] if isinstance(files, list) else [None]
-        if None in rels:
+        listed = [r for r in rels if r is not None]
+        if len(listed) != len(rels):
             raise StoreError("manifest.json lists a file outside the store; refusing to touch it", self.out)
-        return rels
+        return listed
 
-    def _clear(self, previous: dict) -> None:
+    def _clear(self, previous: dict[str, Any]) -> None:
         """Remove the previous run's listed files, then the folders they leave empty; nothing else.
         The old manifest stays until the new run replaces it, so a kill in here loses nothing."""
         _remove_listed(self.out, self._listed(previous))
 
     # -- manifest, own files and state ----------------------------------------------------
-    def read_manifest(self) -> dict:
+    def read_manifest(self) -> dict[str, Any]:
         return json.loads((self.out / schema.MANIFEST).read_text())
 
-    def write_manifest(self, manifest: dict) -> None:
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
         self._manifest = dict(manifest)
         self._write_manifest()
 
@@ -380,15 +389,25 @@ class StoreWriter:
         self.own(schema.PREDICTIONS)
         write_parquet(self.out / schema.PREDICTIONS, frame)
 
-    def write_metrics(self, metrics: dict) -> None:
+    def write_metrics(self, metrics: schema.Metrics) -> None:
         self.write_json(schema.METRICS, metrics)
+
+    def write_slices(self, frame) -> None:
+        """slices.parquet: the slice membership of every example (``audit.metrics.slice_membership``
+        of the predictions and metrics this store holds). Checked here only for its shape; that it
+        agrees with metrics.json is the job of whoever computes it."""
+        columns = [str(c) for c in frame.columns]
+        if not columns or columns[0] != schema.SLICE_INDEX_COLUMN:
+            raise StoreError(f"slice membership must start with column {schema.SLICE_INDEX_COLUMN!r}", self.out)
+        self.own(schema.SLICES)
+        write_parquet(self.out / schema.SLICES, frame)
 
     def _close_arrays(self) -> None:
         for arr in self._arrays.values():
             arr.close()
         self._arrays.clear()
 
-    def finish(self, manifest: dict) -> None:
+    def finish(self, manifest: schema.Manifest) -> None:
         """Mark the run complete; the manifest goes last so 'complete' implies everything else."""
         self.flush()
         self._close_arrays()
@@ -466,7 +485,7 @@ def write_owned_file(store: str | Path, rel: str, data: bytes) -> Path:
     lock = StoreLock(store)
     try:
         manifest = schema.read_manifest_file(store)  # again under the lock
-        if schema.is_marked(manifest) and norm not in manifest.get("files", []):
+        if manifest is not None and schema.is_marked(manifest) and norm not in manifest.get("files", []):
             manifest["files"] = sorted({*manifest.get("files", []), norm})
             write_json(store / schema.MANIFEST, manifest)
         atomic_write_bytes(store / norm, data)

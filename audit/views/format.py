@@ -1,8 +1,8 @@
-"""How views write numbers and user strings: one home for each, shared by the report, the
+r"""How views write numbers and user strings: one home for each, shared by the report, the
 TensorBoard export, the terminal and the app.
 
 >>> md_text("![x](http://example.invalid/p.png)")
-'!\\[x\\]\\(http://example.invalid/p.png\\)'
+'!\\[x\\](http://example.invalid/p.png)'
 >>> with_interval(0.5, [0.25, 0.75])
 '0.500 [0.250, 0.750]'
 """
@@ -34,26 +34,43 @@ def md_text(value) -> str:
     return _MD_LEADING.sub(lambda m: f"\\{m[1]}" if m[1] else f"{m[2]}\\{m[3]}", text)
 
 
+def _format(x, digits: int | None, is_signed: bool, as_percent: bool) -> str:
+    if x is None:  # stored for NaN
+        return "n/a"
+    if digits is None:
+        digits = 1 if as_percent else 3
+    return format(x, f"{'+' if is_signed else ''}.{digits}{'%' if as_percent else 'f'}")
+
+
 def number(x, digits: int = 3) -> str:
     """A number to ``digits`` decimals; ``None`` (stored for NaN) reads "n/a"."""
-    return "n/a" if x is None else f"{x:.{digits}f}"
+    return _format(x, digits, False, False)
 
 
 def signed(x, digits: int = 3) -> str:
     """A difference, always with its sign."""
-    return "n/a" if x is None else f"{x:+.{digits}f}"
+    return _format(x, digits, True, False)
 
 
-def interval(ci, is_signed: bool = False) -> str:
-    """``[lo, hi]``, or "" when the interval is unknown."""
+def percent(x, digits: int = 1, *, is_signed: bool = False) -> str:
+    """A share as a percentage: ``0.125`` reads "12.5%"; ``is_signed`` for a difference ("+2.0%")."""
+    return _format(x, digits, is_signed, True)
+
+
+def interval(ci, is_signed: bool = False, *, digits: int | None = None, as_percent: bool = False,
+             missing: str = "") -> str:
+    """``[lo, hi]``, or ``missing`` when the interval is unknown.
+
+    >>> interval([0.1, 0.25], as_percent=True), interval(None, missing="no interval")
+    ('[10.0%, 25.0%]', 'no interval')
+    """
     if not ci or ci[0] is None or ci[1] is None:
-        return ""
-    fmt = signed if is_signed else number
-    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+        return missing
+    return f"[{_format(ci[0], digits, is_signed, as_percent)}, {_format(ci[1], digits, is_signed, as_percent)}]"
 
 
-def with_interval(x, ci, is_signed: bool = False) -> str:
+def with_interval(x, ci, is_signed: bool = False, *, digits: int | None = None, as_percent: bool = False) -> str:
     """A value followed by its interval: ``0.500 [0.250, 0.750]``."""
-    text = (signed if is_signed else number)(x)
-    bounds = interval(ci, is_signed)
+    text = _format(x, digits, is_signed, as_percent)
+    bounds = interval(ci, is_signed, digits=digits, as_percent=as_percent)
     return f"{text} {bounds}" if bounds else text

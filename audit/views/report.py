@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,15 +34,14 @@ from pathlib import Path
 import numpy as np
 
 from audit.errors import AuditError, StoreError
-from audit.metrics.slices import worst_slices
 from audit.store import schema
+from audit.store.reader import Reader
+from audit.store.schema import worst_slices
+from audit.store.writer import atomic_write_bytes, write_owned_file
 from audit.views.format import interval as _ci
 from audit.views.format import md_text
 from audit.views.format import number as _num
-from audit.views.format import signed as _signed
 from audit.views.format import with_interval as _with_ci
-from audit.store.reader import Reader
-from audit.store.writer import atomic_write_bytes, write_owned_file
 from audit.viz import overlay
 
 FORMATS = ("md", "html")
@@ -107,7 +105,7 @@ def _image_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def curves_picture(metrics: dict) -> Picture | None:
+def curves_picture(metrics: schema.Metrics) -> Picture | None:
     curves = metrics.get("curves") or {}
     drawn = [c for c in curves.get("per_class", []) if c.get("pr")][:CURVE_CLASSES]
     if not drawn:
@@ -135,7 +133,7 @@ def curves_picture(metrics: dict) -> Picture | None:
     return Picture("curves", _png(fig), f"precision-recall and ROC curves{shown}")
 
 
-def reliability_picture(metrics: dict) -> Picture | None:
+def reliability_picture(metrics: schema.Metrics) -> Picture | None:
     cal = metrics.get("calibration")
     if not cal:
         return None
@@ -154,7 +152,7 @@ def reliability_picture(metrics: dict) -> Picture | None:
     return Picture("reliability", _png(fig), "reliability diagram and confidence histogram")
 
 
-def slices_picture(rows: list[dict], overall: float | None) -> Picture | None:
+def slices_picture(rows: list[schema.WorstSlice], overall: float | None) -> Picture | None:
     if not rows:
         return None
     rows = rows[:15][::-1]
@@ -165,13 +163,13 @@ def slices_picture(rows: list[dict], overall: float | None) -> Picture | None:
     ax.barh(range(len(rows)), acc, color="#e45756", xerr=[acc - lo, hi - acc], capsize=3)
     ax.set_yticks(range(len(rows)), [_plot_text(f"{r['column']} = {r['value']}") for r in rows], fontsize=8)
     if overall is not None:
-        ax.axvline(overall, color="k", lw=1, ls="--", label=f"overall {overall:.3f}")
+        ax.axvline(overall, color="k", lw=1, ls="--", label=f"overall {_num(overall)}")
         ax.legend(fontsize=8, loc="lower right")
     ax.set(xlim=(0, 1), xlabel="accuracy (95% CI)", title="Flagged slices, worst first")
     return Picture("slices", _png(fig), "accuracy of flagged slices with 95% intervals")
 
 
-def confusion_picture(metrics: dict) -> Picture | None:
+def confusion_picture(metrics: schema.Metrics) -> Picture | None:
     cm = np.asarray(metrics.get("confusion_matrix") or [], float)
     names = [_plot_text(n) for n in metrics.get("class_names") or []]
     if cm.ndim != 2 or not len(cm) or len(cm) > CONFUSION_MAX_CLASSES:
@@ -193,7 +191,7 @@ def confusion_picture(metrics: dict) -> Picture | None:
 
 
 # -- sections -------------------------------------------------------------------------------
-def _headline(metrics: dict) -> Block:
+def _headline(metrics: schema.Metrics) -> Block:
     rows = [
         ["accuracy", _num(metrics.get("accuracy")), _ci(metrics.get("accuracy_ci"))],
         ["balanced accuracy", _num(metrics.get("balanced_accuracy")), _ci(metrics.get("balanced_accuracy_ci"))],
@@ -220,82 +218,88 @@ def _headline(metrics: dict) -> Block:
     return Block("table", headers=["metric", "value", "95% CI"], rows=rows)
 
 
-def _slice_sections(metrics: dict, draw: bool) -> list[Block]:
+def _slice_sections(metrics: schema.Metrics, draw: bool) -> list[Block]:
     slices = metrics.get("slices")
     if not slices:
         return []
-    blocks = [Block("heading", "Where the model is worse")]
-    worst = worst_slices(metrics, k=len(slices.get("rows", [])))
     tested = (slices.get("summary") or {}).get("tested", 0)
-    if worst:
-        blocks.append(Block(
-            "text",
-            "Single annotation values whose accuracy differs from the rest of the data beyond the 95% interval "
-            "of the gap, worst first. Gap = slice accuracy minus the accuracy of all other examples.",
-        ))
-        blocks.append(Block(
-            "table", headers=["#", "slice", "n", "accuracy [95% CI]", "gap to rest [95% CI]", "note"],
-            rows=[[str(i + 1), f"{r['column']} = {r['value']}", str(r["n"]), _with_ci(r["accuracy"], r["ci"]),
-                   _with_ci(r["gap"], r["gap_ci"], is_signed=True), "too small" if r["too_small"] else ""]
-                  for i, r in enumerate(worst)],
-        ))
-        picture = slices_picture(worst, metrics.get("accuracy")) if draw else None
-        if picture:
-            blocks.append(Block("pictures", pictures=[picture]))
-    elif not slices.get("columns"):
-        blocks.append(Block("text", "There was nothing to slice by: the run has no usable annotation columns "
-                                    "(see the notes)."))
-    else:
-        blocks.append(Block(
-            "text",
-            f"No single annotation value is worse than the rest beyond its 95% interval ({tested} slices tested).",
-        ))
-
-    pairs = [r for r in worst_slices(metrics, k=len(slices.get("rows", [])), intersections=True)
-             if "&" in r["column"]][:INTERSECTIONS_SHOWN]
-    if pairs:
-        blocks.append(Block("heading", "Intersections worse than both of their parts", level=3))
-        blocks.append(Block(
-            "text",
-            "Value pairs significantly worse than the other examples of each value alone. These are exploratory: "
-            f"{tested} slices were tested, so a few flags are expected by chance.",
-        ))
-        blocks.append(Block(
-            "table", headers=["slice", "n", "accuracy [95% CI]", "gap to rest [95% CI]"],
-            rows=[[f"{r['column']} = {r['value']}", str(r["n"]), _with_ci(r["accuracy"], r["ci"]),
-                   _with_ci(r["gap"], r["gap_ci"], is_signed=True)] for r in pairs],
-        ))
-
-    disparity = [c for c in slices.get("columns", []) if c.get("disparity") and c.get("kind") != "intersection"]
-    if disparity:
-        blocks.append(Block("heading", "Disparity per annotation", level=3))
-        blocks.append(Block(
-            "text",
-            f"Over values with at least {slices.get('min_slice_size')} examples. Accuracy gap = best minus worst "
-            "value; ratio = worst / best; equal-opportunity gap = largest spread of one class's recall (which "
-            "class, and between which values). Intervals are for the two values each estimate compares.",
-        ))
-        rows = []
-        for c in disparity:
-            d = c["disparity"]
-            rows.append([
-                c["column"] + (" (built-in)" if c.get("builtin") else ""),
-                f"{d['worst']} < {d['best']}",
-                _with_ci(d["accuracy_gap"], d.get("accuracy_gap_ci")),
-                _with_ci(d["accuracy_ratio"], d.get("accuracy_ratio_ci")),
-                _with_ci(d["equal_opportunity_gap"], d.get("equal_opportunity_gap_ci"))
-                + (f" ({d['equal_opportunity_class']}: {' < '.join(d['equal_opportunity_values'])})"
-                   if d.get("equal_opportunity_values") else ""),
-            ])
-        blocks.append(Block("table", headers=["annotation", "worst < best", "accuracy gap", "ratio",
-                                              "equal-opportunity gap"], rows=rows))
+    blocks = [Block("heading", "Where the model is worse"), *_flagged_blocks(metrics, tested, draw)]
+    blocks += _intersection_blocks(metrics, tested)
+    blocks += _disparity_blocks(slices)
     skipped = slices.get("skipped") or []
     if skipped:
         blocks.append(Block("bullets", items=[f"{s['column']}: skipped, {s['reason']}" for s in skipped]))
     return blocks
 
 
-def _model_sections(metrics: dict, draw: bool) -> list[Block]:
+def _flagged_blocks(metrics: schema.Metrics, tested: int, draw: bool) -> list[Block]:
+    """Single annotation values worse than the rest, worst gap first, or why there are none."""
+    slices = metrics["slices"]
+    worst = worst_slices(metrics, k=len(slices.get("rows", [])))
+    if not worst:
+        if not slices.get("columns"):
+            return [Block("text", "There was nothing to slice by: the run has no usable annotation columns "
+                                  "(see the notes).")]
+        return [Block("text", f"No single annotation value is worse than the rest beyond its 95% interval "
+                              f"({tested} slices tested).")]
+    blocks = [
+        Block("text", "Single annotation values whose accuracy differs from the rest of the data beyond the 95% "
+                      "interval of the gap, worst first. Gap = slice accuracy minus the accuracy of all other "
+                      "examples."),
+        Block("table", headers=["#", "slice", "n", "accuracy [95% CI]", "gap to rest [95% CI]", "note"],
+              rows=[[str(i + 1), f"{r['column']} = {r['value']}", str(r["n"]), _with_ci(r["accuracy"], r["ci"]),
+                     _with_ci(r["gap"], r["gap_ci"], is_signed=True), "too small" if r["too_small"] else ""]
+                    for i, r in enumerate(worst)]),
+    ]
+    picture = slices_picture(worst, metrics.get("accuracy")) if draw else None
+    if picture:
+        blocks.append(Block("pictures", pictures=[picture]))
+    return blocks
+
+
+def _intersection_blocks(metrics: schema.Metrics, tested: int) -> list[Block]:
+    rows = metrics["slices"].get("rows", [])
+    pairs = [r for r in worst_slices(metrics, k=len(rows), intersections=True) if "&" in r["column"]]
+    if not pairs:
+        return []
+    return [
+        Block("heading", "Intersections worse than both of their parts", level=3),
+        Block("text", "Value pairs significantly worse than the other examples of each value alone. These are "
+                      f"exploratory: {tested} slices were tested, so a few flags are expected by chance."),
+        Block("table", headers=["slice", "n", "accuracy [95% CI]", "gap to rest [95% CI]"],
+              rows=[[f"{r['column']} = {r['value']}", str(r["n"]), _with_ci(r["accuracy"], r["ci"]),
+                     _with_ci(r["gap"], r["gap_ci"], is_signed=True)] for r in pairs[:INTERSECTIONS_SHOWN]]),
+    ]
+
+
+def _disparity_blocks(slices: schema.SlicesSection) -> list[Block]:
+    disparity = [c for c in slices.get("columns", []) if c.get("disparity") and c.get("kind") != "intersection"]
+    if not disparity:
+        return []
+    rows = []
+    for c in disparity:
+        d = c.get("disparity") or {}  # never empty: the filter above kept columns with one
+        rows.append([
+            c["column"] + (" (built-in)" if c.get("builtin") else ""),
+            f"{d['worst']} < {d['best']}",
+            _with_ci(d["accuracy_gap"], d.get("accuracy_gap_ci")),
+            _with_ci(d["accuracy_ratio"], d.get("accuracy_ratio_ci")),
+            _with_ci(d["equal_opportunity_gap"], d.get("equal_opportunity_gap_ci"))
+            + (f" ({d['equal_opportunity_class']}: {' < '.join(d['equal_opportunity_values'])})"
+               if d.get("equal_opportunity_values") else ""),
+        ])
+    return [
+        Block("heading", "Disparity per annotation", level=3),
+        Block("text", f"Over values with at least {slices.get('min_slice_size')} examples. Accuracy gap = best minus "
+                      "worst value; ratio = worst / best; equal-opportunity gap = largest spread of one class's recall "
+                      "(which class, and between which values). Intervals are for the two values each estimate "
+                      "compares."),
+        Block("table", headers=["annotation", "worst < best", "accuracy gap", "ratio", "equal-opportunity gap"],
+              rows=rows),
+    ]
+
+
+def _model_sections(metrics: schema.Metrics, draw: bool) -> list[Block]:
     blocks = [Block("heading", "Curves and calibration")]
     pictures = [p for p in (curves_picture(metrics), reliability_picture(metrics)) if p] if draw else []
     if pictures:
@@ -314,7 +318,7 @@ def _model_sections(metrics: dict, draw: bool) -> list[Block]:
     return blocks
 
 
-def _threshold_sections(metrics: dict) -> list[Block]:
+def _threshold_sections(metrics: schema.Metrics) -> list[Block]:
     th = metrics.get("thresholds")
     if not th or not th.get("classes"):
         return []
@@ -350,7 +354,7 @@ def _threshold_sections(metrics: dict) -> list[Block]:
     return blocks
 
 
-def _explanation_sections(metrics: dict) -> list[Block]:
+def _explanation_sections(metrics: schema.Metrics) -> list[Block]:
     quality = metrics.get("explanations")
     if not isinstance(quality, dict) or not quality:
         return []
@@ -396,7 +400,8 @@ def _mistake_sections(run: Reader, draw: bool) -> list[Block]:
     for _, r in wrong.iterrows():
         index = int(r["index"])
         image = run.image(index)
-        caption = f"#{index}: true {names[int(r['label'])]}, predicted {names[int(r['pred'])]} ({r['confidence']:.2f})"
+        caption = (f"#{index}: true {names[int(r['label'])]}, predicted {names[int(r['pred'])]} "
+                   f"({_num(r['confidence'], 2)})")
         pictures.append(Picture(f"mistake_{index}", _image_png(image), caption, width=128))
         if run.has_heatmap(index):
             for method in methods:

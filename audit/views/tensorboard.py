@@ -40,16 +40,18 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from audit.errors import AuditError, StoreError
-# Descriptions and the text plugin are Markdown: every user string in them goes through md_text.
-from audit.views.format import md_text
 from audit.store import schema
 from audit.store.reader import Reader
+
+# Descriptions and the text plugin are Markdown: every user string in them goes through md_text.
+from audit.views.format import md_text, number, signed
 
 # Our event files end with this, so a re-export removes exactly what an
 # earlier export wrote, even in a folder that also holds training logs.
@@ -218,8 +220,8 @@ def _labelled(run: Reader):
     return frame[np.isfinite(label.astype(float)) & (label >= 0)].reset_index(drop=True)
 
 
-def _overall_scalars(metrics: dict) -> dict[str, float | None]:
-    values: dict[str, float | None] = {}
+def _overall_scalars(metrics: schema.Metrics) -> dict[str, Any]:
+    values: dict[str, Any] = {}
     for name in ("accuracy", "balanced_accuracy"):
         values.update(with_interval(f"metrics/{name}", metrics.get(name), metrics.get(f"{name}_ci")))
     for name in ("error_rate", "macro_f1", "log_loss"):
@@ -229,9 +231,7 @@ def _overall_scalars(metrics: dict) -> dict[str, float | None]:
     calibration = metrics.get("calibration") or {}
     values["metrics/ece"] = calibration.get("ece")
     values["metrics/mce"] = calibration.get("mce")
-    from audit.metrics import worst_slices
-
-    worst = worst_slices(metrics, k=1)
+    worst = schema.worst_slices(metrics, k=1)
     values["metrics/worst_slice_gap"] = worst[0]["gap"] if worst else 0.0
     values["metrics/flagged_slices"] = ((metrics.get("slices") or {}).get("summary") or {}).get("flagged", 0)
     for row in metrics.get("per_class") or []:
@@ -252,7 +252,7 @@ def _overall_scalars(metrics: dict) -> dict[str, float | None]:
     return values
 
 
-def _slice_rows(metrics: dict) -> list[dict]:
+def _slice_rows(metrics: schema.Metrics) -> list[schema.SliceRow]:
     # Every single-annotation slice; of the intersections only those worse than
     # both of their parts, the ones the report calls out, so the scalars
     # dashboard does not drown in hundreds of pair cards.
@@ -266,34 +266,22 @@ def _export_scalars(run: Reader) -> None:
     write_slice_scalars(_slice_rows(metrics), 0)
 
 
-def _slice_masks(frame, metrics: dict, rows: list[dict]) -> list[tuple[dict, np.ndarray]]:
-    """Row masks of flagged slices, cut by the same code that cut them for metrics.json."""
-    from audit.metrics.slices import stored_slice_column
-
-    cut: dict[str, object] = {}
-    out = []
-    for row in rows:
-        name = row["column"]
-        if name not in cut:
-            cut[name] = stored_slice_column(frame, metrics, name)
-        column = cut[name]
-        out.append((row, column.codes == column.labels.index(row["value"])))
-    return out
+def _slice_masks(frame, run: Reader, rows: list[schema.WorstSlice]) -> list[tuple[schema.WorstSlice, np.ndarray]]:
+    """Row masks (over ``frame``) of flagged slices, from the store's own membership (slices.parquet)."""
+    index = frame["index"].to_numpy()
+    return [(row, np.isin(index, run.slice_rows(row["column"], row["value"]))) for row in rows]
 
 
 def _export_pr_curves(run: Reader) -> None:
-    from audit.metrics import worst_slices
-
     frame = _labelled(run)
     labels = frame["label"].to_numpy().astype(np.int64)
     probs = frame[[schema.prob_column(k) for k in range(run.num_classes)]].to_numpy(np.float32)
     write_pr_curves(labels, probs, run.class_names, 0)
-    metrics = run.metrics
-    for row, mask in _slice_masks(frame, metrics, worst_slices(metrics, k=SLICE_CURVES)):
+    for row, mask in _slice_masks(frame, run, run.worst_slices(SLICE_CURVES)):
         about = (
             f"Only the {int(mask.sum())} examples with {md_text(row['column'])} = {md_text(row['value'])}: "
             "a flagged slice, "
-            f"accuracy {row['accuracy']:.3f}, {row['gap']:+.3f} against the other examples."
+            f"accuracy {number(row['accuracy'])}, {signed(row['gap'])} against the other examples."
         )
         write_pr_curves(labels[mask], probs[mask], run.class_names, 0,
                         subset=f"{row['column']}/{row['value']}", about=about)
@@ -383,7 +371,7 @@ def _hparam_value(value):
 def hparam_values(run: Reader) -> dict[str, bool | int | float | str]:
     """The run described as hyperparameters: model, data, the explainers run and every recorded option."""
     model = run.model_info
-    values = {
+    values: dict[str, bool | int | float | str] = {
         "model": str(model.get("name", "")),
         "model_sha256": str(model.get("sha256", ""))[:12],
         "output_kind": str(model.get("output_kind", "")),
@@ -544,8 +532,8 @@ def export(store_dir: str | Path, logdir: str | Path | None = None) -> Path:
             _export_hparams(run)
     finally:
         writer.close()
-    from audit.progress import checkpoint
+    from audit.store.killpoint import checkpoint
 
-    checkpoint("tensorboard")  # test-only kill point (audit.progress): event file written, projector not yet
+    checkpoint("tensorboard")  # test-only kill point (audit.store.killpoint): event file written, projector not yet
     _export_projector(run, target)
     return target

@@ -7,14 +7,18 @@ passes them to ``st.altair_chart(..., on_select="rerun")`` and reads
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import altair as alt
 import pandas as pd
 
 PICK = "pick"
+# What alt.layer returns: a FacetChart when every layer shares a facet encoding (none here do).
+Layered: TypeAlias = alt.LayerChart | alt.FacetChart
 WORSE, BETTER, NEUTRAL, SMALL = "#d62728", "#2ca02c", "#4c78a8", "#c7c7c7"
 
 
-def confusion_matrix(cells: pd.DataFrame) -> alt.LayerChart:
+def confusion_matrix(cells: pd.DataFrame) -> alt.Chart | Layered:
     """Cells ``true, pred, count, share`` (share of the true class); click a cell to pick it."""
     classes = cells["true"].nunique()
     pick = alt.selection_point(name=PICK, fields=["true", "pred"], on="click")
@@ -41,7 +45,7 @@ def confusion_matrix(cells: pd.DataFrame) -> alt.LayerChart:
     return alt.layer(rect, text).properties(height=alt.Step(step))
 
 
-def slice_accuracy(rows: pd.DataFrame, overall: float) -> alt.LayerChart:
+def slice_accuracy(rows: pd.DataFrame, overall: float | None) -> Layered:
     """Accuracy per slice value with its interval; ``too_small`` slices grey; click a bar to pick it.
 
     ``rows`` needs ``value, n, accuracy, accuracy_ci_lo, accuracy_ci_hi, gap, flagged, too_small``.
@@ -65,9 +69,10 @@ def slice_accuracy(rows: pd.DataFrame, overall: float) -> alt.LayerChart:
     errors = alt.Chart(data).mark_rule(strokeWidth=2, color="black").encode(
         x=x, y="accuracy_ci_lo:Q", y2="accuracy_ci_hi:Q")
     # Sizes sit at the foot of each bar, clear of the interval whiskers at the top.
-    sizes = alt.Chart(data.assign(foot=0.0)).mark_text(dy=-8, fontSize=11, color="white", fontWeight="bold").encode(
-        x=x, y="foot:Q", text=alt.Text("n:Q", format="d"))
-    rule = alt.Chart(pd.DataFrame({"overall": [overall]})).mark_rule(strokeDash=[5, 4], color="#555").encode(y="overall:Q")
+    sizes = alt.Chart(data.assign(foot=0.0)).mark_text(
+        dy=-8, fontSize=11, color="white", fontWeight="bold").encode(x=x, y="foot:Q", text=alt.Text("n:Q", format="d"))
+    rule = alt.Chart(pd.DataFrame({"overall": [overall]})).mark_rule(
+        strokeDash=[5, 4], color="#555").encode(y="overall:Q")
     # The height holds the axis labels and the legend too (Streamlit fits the whole chart).
     return alt.layer(bars, errors, sizes, rule).properties(height=460)
 
@@ -80,7 +85,7 @@ def _status(row) -> str:
     return "no significant gap"
 
 
-def gap_forest(rows: pd.DataFrame) -> alt.LayerChart:
+def gap_forest(rows: pd.DataFrame) -> Layered:
     """Gap to the rest of the data per slice, with intervals; ``label`` names the slice."""
     data = rows.assign(side=["worse" if g < 0 else "better" for g in rows["gap"]])
     y = alt.Y("label:N", sort=None, title=None, axis=alt.Axis(labelLimit=320))
@@ -89,7 +94,8 @@ def gap_forest(rows: pd.DataFrame) -> alt.LayerChart:
         y=y,
         color=alt.Color("side:N", scale=alt.Scale(domain=["worse", "better"], range=[WORSE, BETTER]), legend=None),
         tooltip=["label", "n", alt.Tooltip("accuracy:Q", format=".1%"), alt.Tooltip("gap:Q", format="+.1%"),
-                 alt.Tooltip("gap_ci_lo:Q", format="+.1%", title="lo"), alt.Tooltip("gap_ci_hi:Q", format="+.1%", title="hi")],
+                 alt.Tooltip("gap_ci_lo:Q", format="+.1%", title="lo"),
+                 alt.Tooltip("gap_ci_hi:Q", format="+.1%", title="hi")],
     )
     bars = alt.Chart(data).mark_rule(strokeWidth=2).encode(
         x="gap_ci_lo:Q", x2="gap_ci_hi:Q", y=y,
@@ -111,7 +117,7 @@ def probabilities(frame: pd.DataFrame) -> alt.Chart:
 
 
 def curve(lines: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, point: pd.DataFrame | None,
-          diagonal: bool = False) -> alt.LayerChart:
+          diagonal: bool = False) -> Layered:
     """Lines ``class, x, y`` (one per class; the chosen one ``chosen`` = True is drawn bold)
     and the operating point at the current threshold."""
     layers = []
@@ -134,7 +140,7 @@ def curve(lines: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, point
     return alt.layer(*layers).properties(height=360)
 
 
-def reliability(bins: pd.DataFrame) -> alt.LayerChart:
+def reliability(bins: pd.DataFrame) -> Layered:
     """Bins ``lo, hi, centre, accuracy, confidence, count``: accuracy per confidence bin vs the diagonal."""
     filled = bins.dropna(subset=["accuracy"]).assign(zero=0.0)
     diagonal = alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line(strokeDash=[4, 4], color="#999").encode(
@@ -144,7 +150,8 @@ def reliability(bins: pd.DataFrame) -> alt.LayerChart:
         x="lo:Q", x2="hi:Q", y="accuracy:Q", y2="zero:Q",
         tooltip=[alt.Tooltip("lo:Q", format=".2f"), alt.Tooltip("hi:Q", format=".2f"), "count:Q",
                  alt.Tooltip("accuracy:Q", format=".1%"), alt.Tooltip("confidence:Q", format=".1%")])
-    gaps = alt.Chart(filled).mark_rule(color=WORSE, strokeWidth=2).encode(x="centre:Q", y="accuracy:Q", y2="confidence:Q")
+    gaps = alt.Chart(filled).mark_rule(color=WORSE, strokeWidth=2).encode(
+        x="centre:Q", y="accuracy:Q", y2="confidence:Q")
     means = alt.Chart(filled).mark_point(color=WORSE, filled=True, shape="diamond", size=60).encode(
         x="confidence:Q", y="confidence:Q")
     return alt.layer(diagonal, bars, gaps, means).properties(height=420)
@@ -156,7 +163,7 @@ def confidence_histogram(bins: pd.DataFrame) -> alt.Chart:
         y=alt.Y("count:Q", title="examples"), y2="zero:Q", tooltip=["count:Q"]).properties(height=200)
 
 
-def channel_stats(stats: pd.DataFrame) -> alt.LayerChart:
+def channel_stats(stats: pd.DataFrame) -> Layered:
     """Per-channel mean of this example (bars) against the dataset mean (ticks), when stored."""
     base = alt.Chart(stats).encode(x=alt.X("channel:O", title="channel"))
     layers = [base.mark_bar(color=NEUTRAL).encode(y=alt.Y("mean:Q", title="mean activation"),
@@ -168,7 +175,7 @@ def channel_stats(stats: pd.DataFrame) -> alt.LayerChart:
     return alt.layer(*layers).properties(height=260)
 
 
-def slice_difference(rows: pd.DataFrame) -> alt.LayerChart:
+def slice_difference(rows: pd.DataFrame) -> Layered:
     """Per-slice accuracy difference B - A with its interval; ``label`` names the slice."""
     y = alt.Y("label:N", sort=None, title=None, axis=alt.Axis(labelLimit=320))
     side = alt.Color("side:N", scale=alt.Scale(domain=["B better", "A better", "no clear difference"],

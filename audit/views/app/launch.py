@@ -51,7 +51,9 @@ def command(stores: list[Path], host: str = "127.0.0.1", port: int = 8501) -> li
         raise AuditError(f"--port must be between 1 and 65535; received: {port}")
     entry = app_entry()
     if not entry.is_file():
-        raise AuditError(f"the app is not installed with this keras-audit (no {entry}); reinstall from a source checkout")
+        raise AuditError(
+            f"the app is not installed with this keras-audit (no {entry}); reinstall from a source checkout"
+        )
     return [
         sys.executable, "-m", "streamlit", "run", str(entry),
         "--server.address", host,

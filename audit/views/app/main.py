@@ -15,9 +15,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from audit.views.app import links, store_cache
-
 from audit.errors import StoreError
+from audit.views.app import links, store_cache
 from audit.views.format import md_text
 
 
@@ -45,7 +44,7 @@ def pick_from_disk() -> list[str]:
                 "`keras-audit run MODEL DATA --out OUT` (or try `keras-audit demo`), then "
                 "start the app with `keras-audit app OUT`.")
         st.stop()
-    first = st.sidebar.selectbox("Run", list(names), format_func=names.get, index=None,
+    first = st.sidebar.selectbox("Run", list(names), format_func=lambda p: names[p], index=None,
                                  placeholder="pick a run", key="pick_run")
     if first is None:
         st.title("keras-audit")

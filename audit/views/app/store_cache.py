@@ -6,8 +6,10 @@ for the memory-mapped :class:`~audit.store.reader.Reader` itself,
 ``st.cache_resource``) keyed by that pair, so a store rewritten in place by a
 new run is reread and an unchanged one is read once per server.
 
-Nothing here imports TensorFlow: the reader, :mod:`audit.viz`, the slicing code
-of :mod:`audit.metrics.slices` and :mod:`audit.compare` are numpy/pandas only.
+Nothing here imports TensorFlow: the reader (slice membership included) and
+:mod:`audit.viz` are numpy/pandas only. Nothing here computes a
+comparison of two runs either: it reads the one run A keeps (see
+:mod:`audit.views.terminal`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from audit.store.reader import Reader
 # Directories never worth descending into when looking for runs.
 _SKIP_DIRS = {"node_modules", "__pycache__", "site-packages", schema.HEATMAP_DIR, schema.ACTIVATION_DIR,
               schema.TENSORBOARD_DIR, schema.WORK_DIR}
-
-METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "occlusion": "Occlusion"}
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def _predictions(path: str, mtime: float) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _metrics(path: str, mtime: float) -> dict:
+def _metrics(path: str, mtime: float) -> schema.Metrics:
     return _reader(path, mtime).metrics
 
 
@@ -116,11 +116,11 @@ def predictions(run: RunRef) -> pd.DataFrame:
     return _predictions(run.path, run.mtime)
 
 
-def metrics(run: RunRef) -> dict:
+def metrics(run: RunRef) -> schema.Metrics:
     return _metrics(run.path, run.mtime)
 
 
-def manifest(run: RunRef) -> dict:
+def manifest(run: RunRef) -> schema.Manifest:
     return reader(run).manifest
 
 
@@ -132,13 +132,27 @@ def heatmap_methods(run: RunRef) -> list[str]:
     return reader(run).heatmap_methods
 
 
+def title_of(manifest: schema.Manifest, method: str) -> str:
+    """How the app names ``method``: the title the run wrote (``manifest["explained"]["titles"]``,
+    from the method registry, which views never import), else the stored name itself."""
+    explained = manifest.get("explained")
+    titles = explained.get("titles") if isinstance(explained, dict) else None
+    title = titles.get(method) if isinstance(titles, dict) else None
+    return title if isinstance(title, str) and title.strip() else method
+
+
+def method_title(run: RunRef, method: str) -> str:
+    """:func:`title_of` for a run the app shows."""
+    return title_of(manifest(run), method)
+
+
 def explained(run: RunRef) -> np.ndarray:
     """Indices of the examples that have heatmaps and activations, sorted."""
     return np.array(sorted(reader(run).heatmap_index), dtype=np.int64)
 
 
 # -- slices ---------------------------------------------------------------------------
-def slice_columns(run: RunRef) -> list[dict]:
+def slice_columns(run: RunRef) -> list[schema.SliceColumnInfo]:
     """The sliced columns of the run (single annotations first, then pairs), as stored."""
     return list((metrics(run).get("slices") or {}).get("columns") or [])
 
@@ -157,13 +171,8 @@ def slice_rows(run: RunRef, column: str | None = None) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _slice_labels(path: str, mtime: float, column: str) -> np.ndarray:
-    from audit.errors import AuditError
-    from audit.metrics.slices import stored_slice_column
-
-    try:
-        return stored_slice_column(_predictions(path, mtime), _metrics(path, mtime), column).row_labels()
-    except AuditError as e:
-        raise StoreError(str(e), path) from None
+    # The store's own membership (slices.parquet): no re-binning here; StoreError names what is missing.
+    return _reader(path, mtime).slice_labels(column)
 
 
 def slice_labels(run: RunRef, column: str) -> np.ndarray:
@@ -228,7 +237,8 @@ def _activation_view(path: str, mtime: float, layer: str, index: int, max_channe
     grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad), np.float32) * np.nan
     for c in range(shown):
         y, x = divmod(c, cols)
-        grid[pad + y * (h + pad): pad + y * (h + pad) + h, pad + x * (w + pad): pad + x * (w + pad) + w] = scaled[..., c]
+        top, left = pad + y * (h + pad), pad + x * (w + pad)
+        grid[top: top + h, left: left + w] = scaled[..., c]
     rgb = colormaps["viridis"](np.nan_to_num(grid, nan=0.0))[..., :3]
     rgb[np.isnan(grid)] = 1.0
     mosaic = _enlarge(np.round(rgb * 255).astype(np.uint8), 512)
@@ -251,17 +261,28 @@ def activation_view(run: RunRef, layer: str, index: int, max_channels: int = 64)
 
 
 # -- comparison ----------------------------------------------------------------------------
-@st.cache_data(show_spinner="Comparing the two runs…", max_entries=4)
-def _comparison(path_a: str, mtime_a: float, path_b: str, mtime_b: float, bootstrap: int, limit: int) -> dict:
-    from audit.compare import compare_runs
+@st.cache_data(show_spinner=False, max_entries=4)
+def _comparison(path_a: str, mtime_a: float, path_b: str, mtime_b: float) -> dict | None:
+    from audit.views.terminal import stored_comparison
 
-    return compare_runs(Path(path_a), Path(path_b), bootstrap=bootstrap, max_disagreements=limit)
+    return stored_comparison(Path(path_a), Path(path_b))
 
 
-def comparison(run_a: RunRef, run_b: RunRef, *, bootstrap: int = 1000, disagreements: int = 2000) -> dict:
-    """:func:`audit.compare.compare_runs` of the two runs (the CLI's defaults), cached on both keys.
+def comparison(run_a: RunRef, run_b: RunRef) -> dict | None:
+    """The comparison of the two runs that run A keeps (``keras-audit app A B`` computes it
+    before the server starts), or None when A keeps none for these versions of both runs.
 
     Raises:
-        StoreError: the runs are not on the same examples.
+        StoreError: the kept document says the runs cannot be compared (not the same examples).
     """
-    return _comparison(run_a.path, run_a.mtime, run_b.path, run_b.mtime, bootstrap, disagreements)
+    document = _comparison(run_a.path, run_a.mtime, run_b.path, run_b.mtime)
+    if document is not None and document.get("refused"):
+        raise StoreError(document["refused"])  # it names the run already
+    return None if document is None else document["comparison"]
+
+
+def compare_command(run_a: RunRef, run_b: RunRef) -> str:
+    """The command that computes and keeps the comparison the page shows."""
+    from audit.views.terminal import compare_command
+
+    return compare_command(run_a.path, run_b.path)

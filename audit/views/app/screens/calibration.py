@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from audit.views.app import charts
 import numpy as np
 import pandas as pd
-from audit.views.app import store_cache
 import streamlit as st
+
+from audit.views.app import charts, store_cache
 
 run, _ = store_cache.active()
 cal = store_cache.metrics(run).get("calibration") or {}

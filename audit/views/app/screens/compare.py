@@ -1,17 +1,19 @@
-"""Compare A and B: paired differences overall, per class and per slice; the examples they disagree on."""
+"""Compare A and B: paired differences overall, per class and per slice; the examples they disagree on.
+
+The page shows the comparison run A keeps (``keras-audit app A B`` computes it before the server
+starts, ``keras-audit compare A B --save`` at any time); it never runs the bootstrap itself.
+"""
 
 from __future__ import annotations
 
 import math
 
-from audit.views.app import charts
-from audit.views.app import links
 import pandas as pd
-from audit.views.app import store_cache
 import streamlit as st
 
 from audit.errors import StoreError
-from audit.views.format import md_text
+from audit.views.app import charts, links, store_cache
+from audit.views.format import interval, md_text, percent
 
 PER_PAGE = 8
 WINNER = {"a": "A better", "b": "B better", "tie": "no clear winner", None: "—"}
@@ -26,6 +28,11 @@ try:
 except StoreError as e:
     st.error(f"**These two runs cannot be compared.**\n\n{md_text(e)}", icon=":material/block:")
     st.stop()
+if result is None:
+    st.info("Run A keeps no comparison with this version of run B. `keras-audit app A B` computes it before the "
+            "app starts; or run this, then reload the page:", icon=":material/compare_arrows:")
+    st.code(store_cache.compare_command(run_a, run_b), language="bash")
+    st.stop()
 
 st.markdown(f"**A** · {md_text(result['a']['model'])} · {md_text(result['a']['path'])}  \n"
             f"**B** · {md_text(result['b']['model'])} · {md_text(result['b']['path'])}")
@@ -33,19 +40,27 @@ st.caption(f"{result['num_examples']} examples; differences are B − A with pai
            f"({result['bootstrap']} resamples): a model wins where the whole interval is on its side of zero.")
 
 
-def _ci(ci) -> str:
-    return "no interval" if not ci or None in ci else f"[{ci[0]:+.1%}, {ci[1]:+.1%}]"
+def difference_interval(ci) -> str:
+    return interval(ci, is_signed=True, as_percent=True, missing="no interval")
+
+
+def _differences(frame: pd.DataFrame, columns: list[str], numbers: tuple[str, ...], key: str) -> None:
+    """A table of differences B − A, with each interval and winner in words."""
+    table = frame.assign(interval=[difference_interval(c) for c in frame["difference_ci"]],
+                         winner=[WINNER[w] for w in frame["winner"]])
+    st.dataframe(table[columns], hide_index=True, width="stretch", key=key,
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in numbers})
 
 
 o, g = result["overall"], result["agreement"]
 cols = st.columns(4)
-cols[0].metric("Accuracy A → B", f"{o['accuracy_b']:.1%}", f"{o['accuracy_difference']:+.1%}",
-               help=f"A: {o['accuracy_a']:.1%}")
-cols[0].caption(f"A {o['accuracy_a']:.1%} · B − A {_ci(o.get('accuracy_difference_ci'))} · {WINNER[o.get('accuracy_winner')]}")
-cols[1].metric("Balanced accuracy A → B", f"{o['balanced_accuracy_b']:.1%}", f"{o['balanced_accuracy_difference']:+.1%}")
-cols[1].caption(f"A {o['balanced_accuracy_a']:.1%} · B − A {_ci(o.get('balanced_accuracy_difference_ci'))} · "
-                f"{WINNER[o.get('balanced_accuracy_winner')]}")
-cols[2].metric("Predictions differ", f"{g['predictions_differ']}", help=f"{g['predictions_differ_rate']:.1%} of examples")
+for col, name, key in ((cols[0], "Accuracy", "accuracy"), (cols[1], "Balanced accuracy", "balanced_accuracy")):
+    col.metric(f"{name} A → B", percent(o[f"{key}_b"]), percent(o[f"{key}_difference"], is_signed=True),
+               help=f"A: {percent(o[f'{key}_a'])}")
+    col.caption(f"A {percent(o[f'{key}_a'])} · B − A {difference_interval(o.get(f'{key}_difference_ci'))} · "
+                f"{WINNER[o.get(f'{key}_winner')]}")
+cols[2].metric("Predictions differ", f"{g['predictions_differ']}",
+               help=f"{percent(g['predictions_differ_rate'])} of examples")
 cols[2].caption(f"only A right {g['only_a_right']} · only B right {g['only_b_right']} · "
                 f"both right {g['both_right']} · both wrong {g['both_wrong']}")
 p = o.get("mcnemar_p")
@@ -55,12 +70,8 @@ cols[3].metric("McNemar p", "n/a" if p is None else f"{p:.3g}",
 st.subheader("Recall per class")
 per_class = pd.DataFrame(result["per_class"])
 if not per_class.empty:
-    per_class["interval"] = [_ci(c) for c in per_class["difference_ci"]]
-    per_class["winner"] = [WINNER[w] for w in per_class["winner"]]
-    st.dataframe(per_class[["class", "support", "recall_a", "recall_b", "difference", "interval", "winner"]],
-                 hide_index=True, width="stretch", key="cmp_classes",
-                 column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                for c in ("recall_a", "recall_b", "difference")})
+    _differences(per_class, ["class", "support", "recall_a", "recall_b", "difference", "interval", "winner"],
+                 ("recall_a", "recall_b", "difference"), "cmp_classes")
 
 st.subheader("Per-slice differences")
 slices = pd.DataFrame(result["slices"])
@@ -80,12 +91,8 @@ else:
         st.info("No slice separates the two models beyond its interval.")
     else:
         st.altair_chart(charts.slice_difference(shown), width="stretch", key="cmp_slice_chart")
-        table = shown.assign(interval=[_ci(c) for c in shown["difference_ci"]],
-                             winner=[WINNER[w] for w in shown["winner"]])
-        st.dataframe(table[["column", "value", "n", "accuracy_a", "accuracy_b", "difference", "interval", "winner",
-                            "too_small"]], hide_index=True, width="stretch", key="cmp_slices",
-                     column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                    for c in ("accuracy_a", "accuracy_b", "difference")})
+        _differences(shown, ["column", "value", "n", "accuracy_a", "accuracy_b", "difference", "interval", "winner",
+                             "too_small"], ("accuracy_a", "accuracy_b", "difference"), "cmp_slices")
 
 st.subheader("Where they disagree")
 disagreements = pd.DataFrame(result["disagreements"])
@@ -96,8 +103,8 @@ methods_a, methods_b = store_cache.heatmap_methods(run_a), store_cache.heatmap_m
 common = [m for m in methods_a if m in methods_b]
 a, b, c = st.columns([3, 3, 2])
 who = a.radio("Right answer from", ["any", "A only", "B only", "neither"], horizontal=True, key="cmp_right")
-method = b.radio("Heatmap", [*common, "none"], horizontal=True, key="cmp_method",
-                 format_func=lambda m: md_text(store_cache.METHOD_TITLES.get(m, m)))  # radio options are Markdown
+shown_map = b.radio("Heatmap", [*common, "none"], horizontal=True, key="cmp_method",
+                    format_func=lambda m: md_text(store_cache.method_title(run_a, m)))  # radio options are Markdown
 alpha = c.slider("Opacity", 0.0, 1.0, 0.45, 0.05, key="cmp_alpha")
 wanted = {"any": None, "A only": "a", "B only": "b", "neither": "neither"}[who]
 rows = disagreements if wanted is None else disagreements[disagreements["right"] == wanted]
@@ -107,7 +114,7 @@ top[0].markdown(f"**{len(rows)} of {g['predictions_differ']} disagreements** "
                 "(one model right and the other confidently wrong first)")
 st.session_state["cmp_page"] = min(max(1, int(st.session_state.get("cmp_page", 1))), pages)
 page = top[1].number_input("Page", min_value=1, max_value=pages, step=1, key="cmp_page")
-method = None if method == "none" else method
+method = None if shown_map == "none" else shown_map
 explained_a, explained_b = set(store_cache.explained(run_a).tolist()), set(store_cache.explained(run_b).tolist())
 for r in rows.iloc[(page - 1) * PER_PAGE: page * PER_PAGE].to_dict("records"):
     i = int(r["index"])
@@ -115,11 +122,11 @@ for r in rows.iloc[(page - 1) * PER_PAGE: page * PER_PAGE].to_dict("records"):
         left, mid, right = st.columns([1, 1, 2])
         for col, run, side, explained in ((left, run_a, "a", explained_a), (mid, run_b, "b", explained_b)):
             col.image(store_cache.picture(run, i, method, alpha), width="stretch",
-                      caption=f"{side.upper()}: {md_text(r['pred_' + side])} ({r['confidence_' + side]:.0%})"
+                      caption=f"{side.upper()}: {md_text(r['pred_' + side])} ({percent(r['confidence_' + side], 0)})"
                               + ("" if method is None or i in explained else " · no map"))
         right.markdown(f"**#{i}** · true **{md_text(r['label'])}**  \n"
-                       f"A says {md_text(r['pred_a'])} ({r['confidence_a']:.1%}) · "
-                       f"B says {md_text(r['pred_b'])} ({r['confidence_b']:.1%})  \n"
+                       f"A says {md_text(r['pred_a'])} ({percent(r['confidence_a'])}) · "
+                       f"B says {md_text(r['pred_b'])} ({percent(r['confidence_b'])})  \n"
                        f"right: **{ {'a': 'A', 'b': 'B', 'neither': 'neither'}[r['right']] }**"
                        + (f"  \n{md_text(r['path'])}" if r.get("path") else ""))
         if right.button("Open in example detail (A)", key=f"cmp_open_{i}"):

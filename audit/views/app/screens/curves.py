@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from audit.views.app import charts
 import numpy as np
-from audit.views.app import operating_point
 import pandas as pd
-from audit.views.app import store_cache
 import streamlit as st
 
 from audit.errors import StoreError
-from audit.views.format import md_text
 from audit.store import schema
+from audit.views.app import charts, operating_point, store_cache
+from audit.views.format import md_text, number
 
 run, _ = store_cache.active()
 m = store_cache.metrics(run)
@@ -55,7 +53,8 @@ score = frame[schema.prob_column(k)].to_numpy(np.float64)
 truth = frame["label"].to_numpy() == k
 point = operating_point.at_threshold(score, truth, threshold)
 
-pr_lines, roc_lines = [], []
+pr_lines: list[pd.DataFrame] = []
+roc_lines: list[pd.DataFrame] = []
 for c in curves:
     pr = pd.DataFrame({"recall": c["pr"]["recall"], "precision": c["pr"]["precision"]})
     roc = pd.DataFrame({"fpr": c["roc"]["fpr"], "tpr": c["roc"]["tpr"]})
@@ -71,20 +70,17 @@ with left:
     st.altair_chart(charts.curve(pd.concat(pr_lines), "recall", "precision", "recall", "precision", pr_point),
                     width="stretch", key="cv_pr")
 with right:
-    st.markdown(f"**ROC** · area under the curve of {md_text(chosen['class'])}: {chosen.get('roc_auc') or float('nan'):.3f}")
+    st.markdown(f"**ROC** · area under the curve of {md_text(chosen['class'])}: "
+                f"{chosen.get('roc_auc') or float('nan'):.3f}")
     st.altair_chart(charts.curve(pd.concat(roc_lines), "fpr", "tpr", "false positive rate", "true positive rate",
                                  roc_point, diagonal=True), width="stretch", key="cv_roc")
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
 st.subheader(f"At threshold {threshold:.2f}: {md_text(chosen['class'])} against the rest")
 cols = st.columns([1, 1, 1, 3])
-cols[0].metric("Precision", _fmt(point["precision"]))
-cols[1].metric("Recall", _fmt(point["recall"]))
-cols[2].metric("F1", _fmt(point["f1"]))
+cols[0].metric("Precision", number(point["precision"]))
+cols[1].metric("Recall", number(point["recall"]))
+cols[2].metric("F1", number(point["f1"]))
 with cols[3]:
     st.dataframe(pd.DataFrame({f"said {chosen['class']}": [point["tp"], point["fp"]],
                                "said other": [point["fn"], point["tn"]]},
@@ -94,8 +90,8 @@ if stored:
     for label, key in (("default", "default"), ("best F1", "best_f1")):
         s = stored.get(key) or {}
         if s.get("threshold") is not None:
-            notes.append(f"{label}: threshold {s['threshold']:.3f} → precision {_fmt(s.get('precision'))}, "
-                         f"recall {_fmt(s.get('recall'))}, F1 {_fmt(s.get('f1'))}")
+            notes.append(f"{label}: threshold {s['threshold']:.3f} → precision {number(s.get('precision'))}, "
+                         f"recall {number(s.get('recall'))}, F1 {number(s.get('f1'))}")
     st.caption("Stored: " + " · ".join(notes))
 
 slice_names = [c["column"] for c in store_cache.slice_columns(run) if len(c["columns"]) == 1]

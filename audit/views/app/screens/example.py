@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from audit.views.app import charts
-from audit.views.app import links
 import numpy as np
 import pandas as pd
-from audit.views.app import store_cache
 import streamlit as st
 
-from audit.views.format import md_text
 from audit.store import schema
+from audit.views.app import charts, links, store_cache
+from audit.views.format import md_text
 
 run, _ = store_cache.active()
 frame = store_cache.predictions(run)
@@ -32,7 +30,7 @@ if linked and linked != st.session_state.get("_ex_linked"):
 st.session_state.setdefault(links.EXAMPLE_INDEX, int(explained[0]) if len(explained) else int(indices[0]))
 # The nearest stored index at or after the asked one (the number box can land in a gap).
 asked = int(st.session_state[links.EXAMPLE_INDEX])
-st.session_state[links.EXAMPLE_INDEX] = int(indices[min(np.searchsorted(indices, asked), len(indices) - 1)])
+st.session_state[links.EXAMPLE_INDEX] = int(indices[min(int(np.searchsorted(indices, asked)), len(indices) - 1)])
 
 
 def _step(order: list[int], by: int) -> None:
@@ -75,12 +73,12 @@ panels[0].image(store_cache.picture(run, index, at_least=192), caption="image", 
 if has_maps:
     for col, method in zip(panels[1:], methods):
         col.image(store_cache.picture(run, index, method, st.session_state.ex_alpha, at_least=192),
-                  caption=md_text(store_cache.METHOD_TITLES.get(method, method)), width="stretch")
+                  caption=md_text(store_cache.method_title(run, method)), width="stretch")
     with st.expander("Raw maps"):
         raw = st.columns(len(methods))
         for col, method in zip(raw, methods):
             col.image(store_cache.heatmap_colours(run, method, index), width="stretch",
-                      caption=f"{md_text(store_cache.METHOD_TITLES.get(method, method))} (0 blue … 1 red)")
+                      caption=f"{md_text(store_cache.method_title(run, method))} (0 blue … 1 red)")
     st.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key="ex_alpha")
 else:
     st.info(f"No heatmaps or activations for this example: the run explained {len(explained)} of {count} "
@@ -99,9 +97,9 @@ with left:
     st.altair_chart(charts.probabilities(table), width="stretch", key="ex_probs")
 with right:
     st.markdown("**Annotations**")
-    annotations = schema.annotation_columns(frame.columns)
+    annotation_names = schema.annotation_columns(frame.columns)
     facts = [("true class", true), ("predicted", pred), ("confidence", f"{row['confidence']:.4f}")]
-    facts += [(c, "" if pd.isna(row[c]) else str(row[c])) for c in annotations]
+    facts += [(c, "" if pd.isna(row[c]) else str(row[c])) for c in annotation_names]
     st.dataframe(pd.DataFrame(facts, columns=["annotation", "value"]), hide_index=True, width="stretch",
                  key="ex_annotations")
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from audit.views.app import example_filter
-from audit.views.app import links
-from audit.views.app import store_cache
 import streamlit as st
 
 from audit.errors import StoreError
+from audit.views.app import example_filter, links, store_cache
 from audit.views.format import md_text
 
 COLUMNS = 6
@@ -34,8 +32,8 @@ for key in ("g_true", "g_pred"):
     st.session_state[key] = [k for k in st.session_state[key] if 0 <= k < len(names)]
 if st.session_state.g_method not in [*methods, "none"]:
     st.session_state.g_method = methods[0] if methods else "none"
-annotations = ["(any)", *[c["column"] for c in slice_columns]]
-if st.session_state.g_annotation not in annotations:
+annotation_choices = ["(any)", *[c["column"] for c in slice_columns]]
+if st.session_state.g_annotation not in annotation_choices:
     st.session_state.g_annotation = "(any)"
 
 st.title("Gallery")
@@ -49,7 +47,7 @@ with st.container(border=True):
     c.radio("Outcome", example_filter.OUTCOMES, key="g_outcome", horizontal=True)
     d.slider("Confidence", 0.0, 1.0, step=0.01, key="g_confidence")
     a, b, c, d = st.columns([3, 3, 2, 3])
-    a.selectbox("Annotation", annotations, key="g_annotation")
+    a.selectbox("Annotation", annotation_choices, key="g_annotation")
     column = next((col for col in slice_columns if col["column"] == st.session_state.g_annotation), None)
     values = list(column["values"]) if column else []
     # A value left over from another annotation would make the widget raise.
@@ -61,7 +59,7 @@ with st.container(border=True):
     d.selectbox("Sort", example_filter.SORTS, key="g_sort")
     a, b, c = st.columns([4, 4, 3])
     a.radio("Heatmap", [*methods, "none"], key="g_method", horizontal=True,
-            format_func=lambda m: md_text(store_cache.METHOD_TITLES.get(m, m)))  # radio options are Markdown
+            format_func=lambda m: md_text(store_cache.method_title(run, m)))  # radio options are Markdown
     b.slider("Opacity", 0.0, 1.0, step=0.05, key="g_alpha", disabled=st.session_state.g_method == "none")
     c.selectbox("Per page", (12, 24, 48, 96), key="g_page_size")
 

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from audit.views.app import charts
-from audit.views.app import links
 import pandas as pd
-from audit.views.app import store_cache
 import streamlit as st
 
-from audit.views.format import md_text
+from audit.views.app import charts, links, store_cache
+from audit.views.format import interval, md_text, number, percent
 
 
-def _ci(ci) -> str:
-    return f"[{ci[0]:.1%}, {ci[1]:.1%}]" if ci and None not in ci else "n/a"
-
-
-def _number(x, fmt: str) -> str:
-    return "n/a" if x is None else format(x, fmt)
+def share_interval(ci) -> str:
+    return interval(ci, as_percent=True, missing="n/a")
 
 
 run, _ = store_cache.active()
@@ -29,16 +23,16 @@ st.caption(f"{md_text(run.path)} · {m['num_examples']} examples · {len(names)}
            f"finished {md_text(store_cache.manifest(run).get('finished_at', '?'))}")
 
 cols = st.columns(6)
-cols[0].metric("Accuracy", _number(m.get("accuracy"), ".1%"), help=f"95% interval {_ci(m.get('accuracy_ci'))}")
-cols[1].metric("Balanced accuracy", _number(m.get("balanced_accuracy"), ".1%"),
-               help=f"95% interval {_ci(m.get('balanced_accuracy_ci'))}")
-cols[2].metric("Macro F1", _number(m.get("macro_f1"), ".3f"))
-cols[3].metric("Log loss", _number(m.get("log_loss"), ".3f"))
-cols[4].metric("ECE", _number((m.get("calibration") or {}).get("ece"), ".3f"), help="expected calibration error")
+cols[0].metric("Accuracy", percent(m.get("accuracy")), help=f"95% interval {share_interval(m.get('accuracy_ci'))}")
+cols[1].metric("Balanced accuracy", percent(m.get("balanced_accuracy")),
+               help=f"95% interval {share_interval(m.get('balanced_accuracy_ci'))}")
+cols[2].metric("Macro F1", number(m.get("macro_f1")))
+cols[3].metric("Log loss", number(m.get("log_loss")))
+cols[4].metric("ECE", number((m.get("calibration") or {}).get("ece")), help="expected calibration error")
 cols[5].metric("Explained", f"{explained.get('count', 0)}",
                help=md_text(", ".join(explained.get("methods", [])) or "none"))
-st.caption(f"Accuracy 95% interval {_ci(m.get('accuracy_ci'))} · "
-           f"balanced accuracy {_ci(m.get('balanced_accuracy_ci'))}")
+st.caption(f"Accuracy 95% interval {share_interval(m.get('accuracy_ci'))} · "
+           f"balanced accuracy {share_interval(m.get('balanced_accuracy_ci'))}")
 
 left, right = st.columns([1, 1])
 with left:
@@ -61,13 +55,13 @@ with right:
     ])
     st.caption("Click a cell to open its examples in the gallery.")
     event = st.altair_chart(charts.confusion_matrix(cells), on_select="rerun", key="ov_cm", width="stretch")
-    picked = (event.selection or {}).get(charts.PICK) if event else None
+    picked = event.selection.get(charts.PICK) if event and event.selection else None
     if picked:
         cell = picked[0]
         links.open_gallery(true=[names.index(cell["true"])], pred=[names.index(cell["pred"])])
     # Start on the most frequent confusion: the cell most worth opening.
     off = [(c, t, p) for t, row in enumerate(matrix) for p, c in enumerate(row) if t != p]
-    _, top_t, top_p = max(off) if off else (0, 0, 0)
+    _most, top_t, top_p = max(off) if off else (0, 0, 0)
     a, b, c = st.columns([2, 2, 2], vertical_alignment="bottom")
     t = a.selectbox("True class", range(len(names)), index=top_t, format_func=names.__getitem__, key="ov_true")
     p = b.selectbox("Predicted class", range(len(names)), index=top_p, format_func=names.__getitem__, key="ov_pred")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from audit.views.app import charts
-from audit.views.app import links
-from audit.views.app import store_cache
 import streamlit as st
 
-from audit.views.format import md_text
+from audit.views.app import charts, links, store_cache
+from audit.views.format import interval, md_text, number, percent
 
 run, _ = store_cache.active()
 m = store_cache.metrics(run)
@@ -41,6 +39,7 @@ second = pick[1].selectbox("Crossed with", [None, *partners], key="sl_pair",
                            disabled=not partners,
                            help=None if partners else "this run has no intersections of annotations")
 name = _pair(first, second)
+assert name is not None  # partners only holds annotations that have a stored pair with ``first``
 column = by_name[name]
 rows = store_cache.slice_rows(run, name)
 
@@ -55,28 +54,26 @@ disparity = column.get("disparity")
 if disparity:
     cols = st.columns(3)
 
-    def _ci(ci, fmt):
-        return "no interval" if not ci or None in ci else f"[{format(ci[0], fmt)}, {format(ci[1], fmt)}]"
-
-    cols[0].metric("Accuracy gap (best − worst)", f"{disparity['accuracy_gap']:.1%}",
-                   help=f"{md_text(disparity['best'])} vs {md_text(disparity['worst'])}; 95% interval {_ci(disparity.get('accuracy_gap_ci'), '.1%')}")
-    cols[0].caption(f"95% interval {_ci(disparity.get('accuracy_gap_ci'), '.1%')}")
+    gap_interval = interval(disparity.get("accuracy_gap_ci"), as_percent=True, missing="no interval")
+    cols[0].metric("Accuracy gap (best − worst)", percent(disparity['accuracy_gap']),
+                   help=f"{md_text(disparity['best'])} vs {md_text(disparity['worst'])}; 95% interval {gap_interval}")
+    cols[0].caption(f"95% interval {gap_interval}")
     if disparity.get("accuracy_ratio") is not None:
-        cols[1].metric("Accuracy ratio (worst / best)", f"{disparity['accuracy_ratio']:.2f}")
-        cols[1].caption(f"95% interval {_ci(disparity.get('accuracy_ratio_ci'), '.2f')}")
+        cols[1].metric("Accuracy ratio (worst / best)", number(disparity['accuracy_ratio'], 2))
+        cols[1].caption("95% interval " + interval(disparity.get("accuracy_ratio_ci"), digits=2, missing="no interval"))
     if disparity.get("equal_opportunity_gap") is not None:
-        cols[2].metric("Equal-opportunity gap", f"{disparity['equal_opportunity_gap']:.1%}",
+        cols[2].metric("Equal-opportunity gap", percent(disparity['equal_opportunity_gap']),
                        help=f"largest spread of one class's recall between values "
                             f"(class {md_text(disparity.get('equal_opportunity_class'))})")
         cols[2].caption(f"class {md_text(disparity.get('equal_opportunity_class'))} · 95% interval "
-                        f"{_ci(disparity.get('equal_opportunity_gap_ci'), '.1%')}")
+                        + interval(disparity.get("equal_opportunity_gap_ci"), as_percent=True, missing="no interval"))
 
 st.caption("Bars: accuracy of each slice with its 95% (Wilson) interval; numbers: slice sizes; dashed line: "
            f"overall accuracy. Slices under {m['slices'].get('min_slice_size', '?')} examples are grey. "
            "Click a bar to open its examples in the gallery.")
 event = st.altair_chart(charts.slice_accuracy(rows, m["accuracy"]), on_select="rerun", key="sl_chart",
                         width="stretch")
-picked = (event.selection or {}).get(charts.PICK) if event else None
+picked = event.selection.get(charts.PICK) if event and event.selection else None
 if picked:
     links.open_gallery(annotation=name, values=[picked[0]["value"]])
 

@@ -1,4 +1,4 @@
-"""Compare two runs of different models on the same examples.
+"""Paired comparison of two runs of different models on the same examples.
 
 Both models answered the same examples, so every difference is paired: the
 bootstrap resamples *examples*, keeping each example's pair of outcomes
@@ -14,9 +14,14 @@ Slices come from run A's annotation columns (single columns, binned as in
 :mod:`audit.metrics.slices`); the runs hold the same examples, so the
 annotations describe both.
 
+The result is a JSON-ready dict; :mod:`audit.views.terminal` prints it and
+``keras-audit compare A B --save`` (or ``keras-audit app A B``) stores it in
+run A, where the app reads it: no view runs the bootstrap.
+
 Example:
     >>> result = compare_runs(Path("run_small"), Path("run_big"))    # doctest: +SKIP
-    >>> print(render_comparison(result))                              # doctest: +SKIP
+    >>> result["overall"]["accuracy_winner"]                          # doctest: +SKIP
+    'b'
 """
 
 from __future__ import annotations
@@ -98,32 +103,43 @@ def _paired_overall(y, ca, cb, names: list[str], bootstrap: int, seed: int) -> t
 
     right_a, right_b = counts.sum(2), counts.sum(1)
     accuracy, balanced, recall = differences(counts)
-    cis = [None, None, np.full((num_classes, 2), np.nan)]
+    accuracy_ci: list | None = None
+    balanced_ci: list | None = None
+    recall_ci = np.full((num_classes, 2), np.nan)
     if bootstrap:
         samples = bootstrap_statistic(counts.reshape(-1), bootstrap, rng_for(seed, "compare:overall"),
                                       lambda d: differences(d.reshape(len(d), num_classes, 2, 2)))
-        cis = [list(percentile_interval(s)) for s in samples[:2]]
-        cis.append(np.stack(percentile_interval(samples[2]), axis=-1))
+        accuracy_ci, balanced_ci = (list(percentile_interval(s)) for s in samples[:2])
+        recall_ci = np.stack(percentile_interval(samples[2]), axis=-1)
     overall = {
         "accuracy_a": right_a[:, 1].sum() / len(y),
         "accuracy_b": right_b[:, 1].sum() / len(y),
         "accuracy_difference": accuracy,
-        "accuracy_difference_ci": cis[0],
-        "accuracy_winner": _winner(cis[0]),
+        "accuracy_difference_ci": accuracy_ci,
+        "accuracy_winner": _winner(accuracy_ci),
         "balanced_accuracy_a": mean_recall(right_a),
         "balanced_accuracy_b": mean_recall(right_b),
         "balanced_accuracy_difference": balanced,
-        "balanced_accuracy_difference_ci": cis[1],
-        "balanced_accuracy_winner": _winner(cis[1]),
+        "balanced_accuracy_difference_ci": balanced_ci,
+        "balanced_accuracy_winner": _winner(balanced_ci),
     }
     recall_a, recall_b = recall_of(right_a), recall_of(right_b)
     per_class = [
         {"class": name, "support": int(counts[k].sum()), "recall_a": recall_a[k], "recall_b": recall_b[k],
-         "difference": recall[k], "difference_ci": cis[2][k].tolist() if bootstrap else None,
-         "winner": _winner(cis[2][k]) if bootstrap else None}
+         "difference": recall[k], "difference_ci": recall_ci[k].tolist() if bootstrap else None,
+         "winner": _winner(recall_ci[k]) if bootstrap else None}
         for k, name in enumerate(names)
     ]
     return overall, per_class
+
+
+def _agreement(ca: np.ndarray, cb: np.ndarray, differ: np.ndarray) -> dict:
+    """Counts of who is right (``ca``, ``cb``: 0/1 per example) and of differing predictions."""
+    return {
+        "both_right": int(((ca == 1) & (cb == 1)).sum()), "only_a_right": int(((ca == 1) & (cb == 0)).sum()),
+        "only_b_right": int(((ca == 0) & (cb == 1)).sum()), "both_wrong": int(((ca == 0) & (cb == 0)).sum()),
+        "predictions_differ": int(differ.sum()), "predictions_differ_rate": float(differ.mean()),
+    }
 
 
 def _mcnemar(only_a: int, only_b: int) -> float | None:
@@ -206,14 +222,8 @@ def compare_runs(store_a: Path, store_b: Path, *, bootstrap: int = 1000, seed: i
     notes: list[str] = []
 
     overall, per_class = _paired_overall(y, ca, cb, names, bootstrap, seed)
-    only_a, only_b = int(((ca == 1) & (cb == 0)).sum()), int(((ca == 0) & (cb == 1)).sum())
-    overall["mcnemar_p"] = _mcnemar(only_a, only_b)
-    differ = int((fa["pred"].to_numpy() != fb["pred"].to_numpy()).sum())
-    agreement = {
-        "both_right": int(((ca == 1) & (cb == 1)).sum()), "only_a_right": only_a, "only_b_right": only_b,
-        "both_wrong": int(((ca == 0) & (cb == 0)).sum()), "predictions_differ": differ,
-        "predictions_differ_rate": differ / len(y),
-    }
+    agreement = _agreement(ca, cb, fa["pred"].to_numpy() != fb["pred"].to_numpy())
+    overall["mcnemar_p"] = _mcnemar(agreement["only_a_right"], agreement["only_b_right"])
     slices = _slice_rows(fa, ca, cb, min_slice_size=min_slice_size, bootstrap=bootstrap, seed=seed, notes=notes)
     if not bootstrap:
         notes.append("bootstrap is off (--bootstrap 0): differences have no intervals and no winners")
@@ -237,90 +247,3 @@ def compare_runs(store_a: Path, store_b: Path, *, bootstrap: int = 1000, seed: i
         "wins": wins,
         "notes": notes,
     })
-
-
-# -- terminal rendering ---------------------------------------------------------------------------
-def _f(x, signed: bool = False) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:+.3f}" if signed else f"{x:.3f}"
-
-
-def _diff(x, ci) -> str:
-    return _f(x, True) + (f" [{_f(ci[0], True)}, {_f(ci[1], True)}]" if ci else "")
-
-
-_MARK = {"a": "[bold cyan]A better[/]", "b": "[bold magenta]B better[/]", "tie": "[dim]no clear winner[/]", None: ""}
-
-
-def _table(headers: list[str], rows: list[list[str]], marks: list[str]) -> list[str]:
-    """Fixed-width rows (plain text measured before markup is added)."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return ["  [bold]" + _escape(line(headers)) + "[/]"] + [
-        "  " + _escape(line(r)) + ("  " + m if m else "") for r, m in zip(rows, marks)
-    ]
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
-
-
-def render_comparison(result: dict, *, max_rows: int = 10) -> str:
-    """The comparison as rich-markup text for the terminal (print it with ``rich.console.Console``)."""
-    o, g = result["overall"], result["agreement"]
-    a, b = result["a"], result["b"]
-    out = [
-        f"[bold]A[/] {_escape(str(a['model']))} ({_escape(a['path'])})",
-        f"[bold]B[/] {_escape(str(b['model']))} ({_escape(b['path'])})",
-        f"{result['num_examples']} examples, paired bootstrap with {result['bootstrap']} resamples (95% CI of B - A)",
-        "",
-    ]
-    out += _table(
-        ["metric", "A", "B", "B - A [95% CI]"],
-        [["accuracy", _f(o["accuracy_a"]), _f(o["accuracy_b"]),
-          _diff(o["accuracy_difference"], o["accuracy_difference_ci"])],
-         ["balanced accuracy", _f(o["balanced_accuracy_a"]), _f(o["balanced_accuracy_b"]),
-          _diff(o["balanced_accuracy_difference"], o["balanced_accuracy_difference_ci"])]],
-        [_MARK[o["accuracy_winner"]], _MARK[o["balanced_accuracy_winner"]]],
-    )
-    p = o.get("mcnemar_p")
-    out += [
-        "",
-        f"Only A right: {g['only_a_right']}, only B right: {g['only_b_right']}, both right: {g['both_right']}, "
-        f"both wrong: {g['both_wrong']}" + (f"; McNemar exact p = {p:.3g}" if p is not None else ""),
-        f"Predictions differ on {g['predictions_differ']} examples ({100 * g['predictions_differ_rate']:.1f}%)",
-        "",
-        "[bold]Recall per class[/]",
-    ]
-    classes = result["per_class"][: max(max_rows, 1) * 3]
-    out += _table(["class", "n", "A", "B", "B - A [95% CI]"],
-                  [[c["class"], str(c["support"]), _f(c["recall_a"]), _f(c["recall_b"]),
-                    _diff(c["difference"], c["difference_ci"])] for c in classes],
-                  [_MARK[c["winner"]] for c in classes])
-    decided = [s for s in result["slices"] if s["winner"] in ("a", "b")]
-    decided.sort(key=lambda s: -abs(s["difference"] or 0))
-    out += ["", "[bold]Slices where one model wins[/]"]
-    if decided:
-        shown = decided[:max_rows]
-        out += _table(["slice", "n", "A", "B", "B - A [95% CI]"],
-                      [[f"{s['column']} = {s['value']}", str(s["n"]), _f(s["accuracy_a"]), _f(s["accuracy_b"]),
-                        _diff(s["difference"], s["difference_ci"])] for s in shown],
-                      [_MARK[s["winner"]] for s in shown])
-        if len(decided) > max_rows:
-            out.append(f"  ... and {len(decided) - max_rows} more")
-    else:
-        out.append(f"  none of {len(result['slices'])} slices separates the models beyond its interval")
-    if result["disagreements"]:
-        shown = result["disagreements"][:max_rows]
-        out += ["", f"[bold]Examples where they disagree[/] (first {len(shown)} of {g['predictions_differ']})"]
-        out += _table(["example", "true", "A says", "B says", "right"],
-                      [[f"#{d['index']} {d['path'] or ''}".strip(), d["label"],
-                        f"{d['pred_a']} ({_f(d['confidence_a'])})", f"{d['pred_b']} ({_f(d['confidence_b'])})",
-                        {"a": "A", "b": "B"}.get(d["right"], d["right"])] for d in shown],
-                      ["" for _ in shown])
-    for note in result.get("notes", []):
-        out.append(f"[yellow]note:[/] {_escape(note)}")
-    return "\n".join(out)
