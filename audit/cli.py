@@ -27,8 +27,9 @@ DEMO = {
 
 
 def _rescale(text: str) -> float:
-    try:
-        value = float(Fraction(text))
+    try:  # "1/127.5" too: Fraction alone takes only whole numbers on either side of the slash
+        top, _, bottom = text.partition("/")
+        value = float(Fraction(top)) / float(Fraction(bottom)) if bottom else float(Fraction(text))
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"expected a number or fraction like 1/255, got {text!r}") from None
     if value <= 0:
@@ -79,9 +80,27 @@ def _explain_help() -> str:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    from audit.io.preprocess import PRESETS, RESIZES
+
+    def numbers(text: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(Fraction(v.strip())) for v in text.split(","))
+        except (ValueError, ZeroDivisionError):
+            raise argparse.ArgumentTypeError(f"expected 1 or 3 comma-separated numbers, got {text!r}") from None
+
     p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--preprocess", choices=PRESETS, default="none", metavar="NAME",
+                   help="pixel preprocessing the model was trained with: none (0..255), unit (x/255), tf (x/127.5-1), "
+                        "caffe (BGR, ImageNet mean), torch (x/255, ImageNet mean/std), or a keras.applications "
+                        "module name (resnet50, mobilenet_v2, efficientnet, ...); default: none")
     p.add_argument("--rescale", type=_rescale, default=1.0,
                    help="multiply pixels (0..255) by this, e.g. 1/255 (default: none)")
+    p.add_argument("--offset", type=float, default=0.0, help="add this after --rescale, e.g. -1 (default: 0)")
+    p.add_argument("--mean", type=numbers, help="per-channel mean to subtract first, 0..255 units, e.g. 124,116,104")
+    p.add_argument("--std", type=numbers, help="per-channel std to divide by after --mean, 0..255 units")
+    p.add_argument("--resize", choices=RESIZES, default="stretch",
+                   help="to the model's size: stretch (default), pad (keep aspect, zero padding) or "
+                        "crop (central crop to the model's aspect ratio)")
     p.add_argument("--explain", type=_explainers, default=None, help=_explain_help())
     p.add_argument("--explain-limit", type=_count, default=500,
                    help="explain at most N examples, chosen to cover confident mistakes, classes and slices (0: all)")
@@ -105,6 +124,11 @@ def _options(args):
     return AuditOptions(
         batch_size=args.batch_size,
         rescale=args.rescale,
+        preprocess=args.preprocess,
+        offset=args.offset,
+        mean=args.mean,
+        std=args.std,
+        resize=args.resize,
         explain=args.explain,
         explain_limit=None if args.explain_limit <= 0 else args.explain_limit,
         layer=args.layer,
@@ -132,6 +156,32 @@ def cmd_run(args) -> None:
     out = run_audit(args.model, args.data, args.out, annotations=args.annotations, options=_options(args),
                     resume=args.resume, progress=not args.quiet)
     summary(out)
+
+
+def cmd_layers(args) -> None:
+    """List the layers Grad-CAM and activations can use, marking the default and why."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from audit.io.models import load_model
+
+    model = load_model(args.model, unsafe=args.unsafe)
+    rows = model.describe_layers()
+    console = Console(highlight=False)
+    if not rows:
+        console.print(f"{escape(model.name)} has no layer with a 4-D (batch, h, w, c) output; "
+                      "Grad-CAM and activations cannot explain it (occlusion still can)")
+        return
+    table = Table(title=f"Layers of {escape(model.name)} for Grad-CAM and activations (choose one with --layer)",
+                  title_justify="left")
+    for column in ("layer", "type", "output shape", "Grad-CAM default"):
+        table.add_column(column)
+    for row in rows:
+        shape = "(" + ", ".join("batch" if d is None else str(d) for d in row["output_shape"]) + ")"
+        why = escape(f"default: {row['why']}") if row["default"] else ""
+        table.add_row(escape(row["name"]), escape(row["class"]), shape, why)
+    console.print(table)
 
 
 def cmd_demo(args) -> None:
@@ -266,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "any TensorFlow SavedModel); only for trusted files")
     _add_run_options(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("layers", help="list MODEL's layers for Grad-CAM and activations (--layer), and the default")
+    p.add_argument("model", help=".keras / .h5 file (a SavedModel exposes no layers)")
+    p.add_argument("--unsafe", action="store_true",
+                   help="allow models whose loading can run code (Lambda or TFSMLayer layers); only for trusted files")
+    p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("demo", help="audit the bundled planted-bias sample model")
     p.add_argument("--out", default="audit_demo", help="results store directory (default: audit_demo)")

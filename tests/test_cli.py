@@ -131,3 +131,9 @@ def test_console_script_exit_codes(tmp_path):
     done = subprocess.run([sys.executable, "-c", "import audit, sys; print('tensorflow' in sys.modules)"],
                           capture_output=True, text=True)
     assert done.stdout.strip() == "False", "import audit must stay light"
+
+
+def test_rescale_takes_fractions_with_decimals():
+    from audit.cli import _rescale
+
+    assert _rescale("1/127.5") == 1 / 127.5 and _rescale("1/255") == 1 / 255 and _rescale("0.5") == 0.5

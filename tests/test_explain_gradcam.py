@@ -23,6 +23,7 @@ from explain_models import (
     region_mask,
     sequential_saved,
     split_at_conv_last,
+    trunk,
 )
 
 
@@ -131,6 +132,56 @@ def test_gradcam_plus_plus_matches_reference(images):
     model = functional_model("logits")
     _, full = _reference_for(model, images, targets=1, plus_plus=True)
     np.testing.assert_allclose(GradCAMPlusPlus(model)(images, targets=1), full, atol=2e-5)
+
+
+def _normalized_plus_plus_by_hand(model, x, target):
+    """tf-keras-vis's GradcamPlusPlus, step by step: exp-scaled derivatives, alphas divided by their sum."""
+    before, after = split_at_conv_last(model)
+    acts = tf.convert_to_tensor(before(x))
+    with tf.GradientTape() as tape:
+        tape.watch(acts)
+        score = after(acts)[:, target]
+    g = tape.gradient(score, acts).numpy().astype(np.float64)
+    a = acts.numpy().astype(np.float64)
+    e = np.exp(score.numpy().astype(np.float64))[:, None, None, None]
+    first, second, third = e * g, e * g**2, e * g**3
+    denom = 2 * second + third * a.sum(axis=(1, 2), keepdims=True)
+    alphas = second / (denom + (second == 0))
+    constant = alphas.sum(axis=(1, 2), keepdims=True)
+    alphas = alphas / (constant + (constant == 0))
+    weights = (np.maximum(first, 0) * alphas).sum(axis=(1, 2))
+    return np.maximum(np.einsum("bhwk,bk->bhw", a, weights), 0)
+
+
+def _curved_head_model():
+    """The planted trunk, then a tanh 1x1 conv before the mean: gradients at conv_last vary with position."""
+    inp = keras.Input((H, W, 3))
+    x = inp
+    for layer in trunk():
+        x = layer(x)
+    init = keras.initializers.RandomNormal(stddev=1.0, seed=5)
+    x = keras.layers.Conv2D(8, 1, activation="tanh", kernel_initializer=init, name="mix")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    head = keras.layers.Dense(3, kernel_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=7), name="head")
+    return keras.Model(inp, head(x))
+
+
+def test_gradcam_plus_plus_normalized_alpha_matches_hand_computation(images):
+    loaded = as_model(_curved_head_model())
+    normalized = GradCAMPlusPlus(loaded, layer="conv_last", normalize_alpha=True)
+    assert isinstance(normalized, GradCAMPlusPlus) and normalized.normalize_alpha
+    plain = GradCAMPlusPlus(loaded, layer="conv_last")
+    assert not plain.normalize_alpha
+    for target in (0, 1):
+        ours = normalized.layer_maps(images, targets=target)
+        theirs = _normalized_plus_plus_by_hand(loaded.keras_model, images, target)
+        peak = lambda m: np.where(m.max(axis=(1, 2), keepdims=True) > 0, m.max(axis=(1, 2), keepdims=True), 1)  # noqa: E731
+        assert theirs.any()
+        # the same up to exp(score), one factor per image
+        np.testing.assert_allclose(ours / peak(ours), theirs / peak(theirs), atol=1e-4)
+        other = plain.layer_maps(images, targets=target)
+        assert np.abs(other / peak(other) - ours / peak(ours)).max() > 1e-2  # the option changes the maps
+    assert len(loaded.compiled) == 2  # one compiled function per variant
 
 
 # -- tf-explain as a second implementation ---------------------------------------------

@@ -106,7 +106,8 @@ def _explain_chosen(session, chosen: np.ndarray, predictions, explainers: dict, 
     done = int(w.state.get("explain_done", 0))
     with bar("explain", len(chosen), completed=done, enabled=session.progress) as advance:
         for batch in session.dataset.batches(
-            model.input_shape, session.shape, batch_size=o.batch_size, rescale=o.rescale, indices=chosen[done:],
+            model.input_shape, session.shape, batch_size=o.batch_size, preprocessing=session.preprocessing,
+            indices=chosen[done:],
         ):
             rows = np.searchsorted(chosen, batch.index)
             targets = np.array([targets_all[i] for i in batch.index])
@@ -146,7 +147,7 @@ def _explained(methods: list[str], k: int, explainers: dict, outputs: _Outputs) 
 
     explained = {"methods": methods, "count": k, "activation_layers": outputs.activation_layers,
                  "titles": {m: METHODS[m].title for m in methods}}
-    cams = [e for name, e in explainers.items() if name.startswith("gradcam")]
+    cams = [e for name, e in explainers.items() if METHODS[name].needs_layers]  # Grad-CAM, Score-CAM, …
     if cams:
         explained["layer"] = cams[0].layer_name
     return explained
@@ -156,7 +157,7 @@ def _activation_stats(session, acts) -> None:
     """Per-channel statistics over the whole dataset: one more pass, killable after each batch."""
     o, w = session.options, session.writer
     batches = session.dataset.batches(
-        session.model.input_shape, session.shape, batch_size=o.batch_size, rescale=o.rescale,
+        session.model.input_shape, session.shape, batch_size=o.batch_size, preprocessing=session.preprocessing,
     )
     w.write_json(schema.ACTIVATION_STATS, acts.stats(_checkpointed("activations", (b.x for b in batches))))
     w.save_state(activation_stats=True)

@@ -49,6 +49,11 @@ class AuditOptions:
     seed: int = 0
     unsafe: bool = False
     tensorboard: bool = True
+    preprocess: str = "none"  # a preset of audit.io.preprocess.PRESETS; "none": pixels 0..255 (times rescale)
+    offset: float = 0.0  # added after --rescale: x * rescale + offset
+    mean: tuple[float, ...] | None = None  # per channel (1 or 3 values, 0..255 units), subtracted first
+    std: tuple[float, ...] | None = None  # per channel, divided by after the mean
+    resize: str = "stretch"  # stretch | pad | crop
 
     def validate(self) -> AuditOptions:
         """Check every option (run_audit does, before reading any input or writing anything).
@@ -63,6 +68,7 @@ class AuditOptions:
         if not (isinstance(self.rescale, Real) and math.isfinite(self.rescale)):
             raise AuditError(f"--rescale must be a positive number; received {self.rescale!r}")
         positive_number("--rescale", self.rescale)
+        self._validate_preprocessing()
         self._validate_names()
         if self.slice_pairs is not None and not isinstance(self.slice_pairs, (bool, np.bool_)):
             raise AuditError(f"--slice-pairs must be true, false or None; received {self.slice_pairs!r}")
@@ -70,6 +76,51 @@ class AuditOptions:
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise AuditError(f"{option_flag(name)} must be true or false; received {getattr(self, name)!r}")
         return self
+
+    def _custom_flags(self) -> list[str]:
+        """The affine flags given (not at their defaults), as typed."""
+        given = [("--rescale", self.rescale != 1.0, self.rescale), ("--offset", self.offset != 0.0, self.offset),
+                 ("--mean", self.mean is not None, self.mean), ("--std", self.std is not None, self.std)]
+        return [f"{flag} {_spelled(v)}" for flag, on, v in given if on]
+
+    def _validate_preprocessing(self) -> None:
+        """preprocess, resize, offset, mean, std: known names, finite numbers, one way of scaling."""
+        from audit.io.preprocess import PRESETS, RESIZES
+
+        for name, choices in (("preprocess", PRESETS), ("resize", RESIZES)):
+            if getattr(self, name) not in choices:
+                raise AuditError(f"--{name}: unknown choice {getattr(self, name)!r}; choose from {', '.join(choices)}")
+        if not (isinstance(self.offset, Real) and math.isfinite(self.offset)):
+            raise AuditError(f"--offset must be a number; received {self.offset!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            ok = isinstance(values, (list, tuple)) and len(values) in (1, 3)
+            if not ok or not all(isinstance(v, Real) and math.isfinite(v) for v in values):
+                raise AuditError(
+                    f"--{name} must be 1 or 3 numbers (one per channel, 0..255 units); received {values!r}")
+            if name == "std" and min(values) <= 0:
+                raise AuditError(f"--std must be positive numbers; received {_spelled(values)}")
+        custom = self._custom_flags()
+        if self.preprocess != "none" and custom:
+            raise AuditError(f"--preprocess {self.preprocess} sets the pixel scaling itself; drop {custom[0]} "
+                             "or use --preprocess none")
+
+    def preprocessing(self):
+        """The :class:`audit.io.preprocess.Preprocessing` these (validated) options ask for."""
+        from audit.io.preprocess import Preprocessing, preset
+
+        if self.preprocess != "none" or not self._custom_flags():
+            return preset(self.preprocess, self.resize)
+        return Preprocessing("custom", scale=float(self.rescale), offset=float(self.offset),
+                             mean=_floats(self.mean), std=_floats(self.std), resize=self.resize)
+
+    def scaling_flags(self) -> str | None:
+        """How the options rescale pixels, as typed (e.g. "--preprocess tf"), or None if they do not."""
+        if self.preprocess != "none":
+            return f"--preprocess {self.preprocess}" if self.preprocessing().rescales else None
+        return " ".join(self._custom_flags()) or None
 
     def _validate_names(self) -> None:
         """explain, layer and class_names: known, non-empty, distinct names."""
@@ -96,4 +147,30 @@ class AuditOptions:
         d = asdict(self)
         d["explain"] = None if self.explain is None else list(self.explain)
         d["class_names"] = None if self.class_names is None else list(self.class_names)
+        d["mean"], d["std"] = (None if v is None else [float(x) for x in v] for v in (self.mean, self.std))
         return d
+
+
+def _floats(values) -> tuple[float, ...] | None:
+    return None if values is None else tuple(float(v) for v in values)
+
+
+def _spelled(value) -> str:
+    """A number or list as the CLI takes it: 0.5, or 1,2,3."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(f"{v:g}" for v in value)
+    return f"{value:g}"
+
+
+# The options that decide how pixels reach the model, as a store records them.
+PREPROCESSING_OPTIONS = ("preprocess", "rescale", "offset", "mean", "std", "resize")
+
+
+def recorded_preprocessing(recorded: dict):
+    """The Preprocessing of a run from its recorded options (a store's ``manifest["options"]``);
+    options a store from before them lacks take their defaults."""
+    fields = {k: recorded[k] for k in PREPROCESSING_OPTIONS if recorded.get(k) is not None}
+    for k in ("mean", "std"):
+        if k in fields:
+            fields[k] = tuple(fields[k])
+    return AuditOptions(**fields).validate().preprocessing()

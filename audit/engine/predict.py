@@ -50,7 +50,7 @@ def predict(session) -> None:
     with bar("predict", n, completed=start, enabled=session.progress) as advance:
         for batch in dataset.batches(
             model.input_shape, session.shape, batch_size=session.options.batch_size,
-            rescale=session.options.rescale, start=start,
+            preprocessing=session.preprocessing, start=start,
         ):
             probs, feats = predict_batch(fn, batch.x)
             _check_finite(probs, batch.index, session)

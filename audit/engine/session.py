@@ -82,6 +82,7 @@ class Session:
                 self.model.path,
             )
         self.class_names = resolve_class_names(self.dataset, self.model.num_classes, options.class_names)
+        self._preprocessing()
         self.annotations, self.annotation_report = (None, None)
         if annotations is not None:
             self.annotations, self.annotation_report = load_annotations(annotations, self.dataset)
@@ -89,6 +90,18 @@ class Session:
         self._check_occlusion_patch()
         if options.layer and self.model.has_layers:
             self.model.find_layer(options.layer)
+
+    def _preprocessing(self) -> None:
+        """The run's preprocessing, given to the dataset; a note when the model rescales its input too."""
+        from audit.io.preprocess import scaling_layer
+
+        self.preprocessing = self.options.preprocessing()
+        self.dataset.preprocessing = self.preprocessing
+        flags = self.options.scaling_flags()
+        layer = scaling_layer(self.model.keras_model) if flags and self.model.has_layers else None
+        if layer is not None:
+            fix = "use --preprocess none" if self.options.preprocess != "none" else f"drop {flags}"
+            self.notes.append(f"the model rescales its input itself (layer {layer!r}); {flags} rescales again: {fix}")
 
     @property
     def user_columns(self) -> list[str]:
@@ -103,7 +116,8 @@ class Session:
         need_layers = [m for m in asked if needs_layers(m)]
         if need_layers:
             raise ModelError(
-                f"{', '.join(need_layers)} need the model's layers, which a SavedModel does not expose; "
+                f"{', '.join(need_layers)} {'needs' if len(need_layers) == 1 else 'need'} the model's layers, "
+                "which a SavedModel does not expose; "
                 "use --explain occlusion or none, or save the model as .keras",
                 self.model.path,
             )
@@ -136,6 +150,7 @@ class Session:
             "dataset": dataset,
             "class_names": self.class_names,
             "options": self.options.recorded(),
+            "preprocessing": self.preprocessing.describe(),
             "stored_image_shape": list(self.shape),
             "versions": _versions(),
             "started_at": _now(),
@@ -205,7 +220,9 @@ def _shown(name: str, value) -> str:
 
 def _option_changes(was: Mapping[str, Any], now: dict) -> Iterator[str]:
     old, new = was.get("options", {}), schema.to_json(now["options"])
+    # An option a store from before it does not record had its default then.
+    defaults = schema.to_json(AuditOptions().recorded())
     for name in [*new, *(k for k in old if k not in new)]:
-        if old.get(name) != new.get(name):
+        if old.get(name, defaults.get(name)) != new.get(name):
             yield (f"{option_flag(name)} is {_shown(name, new.get(name))} but the interrupted run used "
                    f"{_shown(name, old.get(name))}; pass the same options or {_START_OVER}")

@@ -74,7 +74,9 @@ def deletion_insertion(
 ) -> dict[str, np.ndarray]:
     """Deletion and insertion scores of maps (Petsiuk et al., 2018), batched.
 
-    Pixels are ranked by map value (ties in pixel order). Deletion replaces the
+    Pixels are ranked by map value, highest first (see :func:`_pixel_ranks`
+    for ties: a blurred copy of the map, then a fixed random order, so that
+    blocky maps such as occlusion's carry no top-left bias). Deletion replaces the
     top-ranked ``k`` pixels by ``baseline``; insertion starts from the baseline
     and reveals them; ``k`` goes from 0 to all pixels in ``steps`` equal steps.
     Each score is the area under the target class probability over the
@@ -141,10 +143,45 @@ def _baseline_fill(x: np.ndarray, baseline) -> np.ndarray:
     return np.ascontiguousarray(fill, np.float32)
 
 
+def _blur_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) Gaussian blur along one axis, edges mirrored (``a b | b a``), so flipping commutes with it."""
+    radius = int(4 * sigma + 0.5)  # scipy.ndimage.gaussian_filter's default cut at 4 sigma
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    padded = np.pad(np.eye(n), ((radius, radius), (0, 0)), mode="symmetric")
+    rows = np.stack([taps @ padded[i : i + 2 * radius + 1] for i in range(n)])
+    return rows / rows.sum(axis=1, keepdims=True)
+
+
+def tie_break_keys(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two tie-breaking keys of :func:`_pixel_ranks` for (N, H, W) maps, each (N, H*W).
+
+    The blurred map: a separable Gaussian of ``sigma = max(1, min(H, W) / 8)``
+    pixels (about an occlusion patch), cut at ``4 sigma``, edges mirrored (as
+    ``scipy.ndimage.gaussian_filter(map, sigma, mode="reflect")``),
+    computed in float64 and kept in float32 so that values equal up to rounding
+    tie exactly. The random key: ``numpy.random.default_rng((H, W)).permutation(H * W)``,
+    the same for every image of that size.
+    """
+    n, h, w = maps.shape
+    sigma = max(1.0, min(h, w) / 8)
+    blurred = _blur_matrix(h, sigma) @ maps.astype(np.float64) @ _blur_matrix(w, sigma).T
+    random = np.random.default_rng((h, w)).permutation(h * w)
+    return blurred.astype(np.float32).reshape(n, -1), np.broadcast_to(random, (n, h * w))
+
+
 def _pixel_ranks(maps: np.ndarray) -> np.ndarray:
-    """Rank of each pixel (N, H*W) by map value, highest first, ties in pixel order."""
+    """Rank of each pixel (N, H*W), 0 first: by map value, highest first.
+
+    Ties go to the higher value of the blurred map (a pixel inside a hot region
+    before one at its edge), then to a random order fixed per image size (see
+    :func:`tie_break_keys`). Neither depends on where the image starts, so
+    flipping an image and its map flips the ranks with them (up to the random
+    key, which only orders pixels the blur cannot tell apart); ranking ties
+    in pixel order instead would take a blocky map's top-left pixels first.
+    """
     n = len(maps)
-    order = np.argsort(-maps.reshape(n, -1), axis=1, kind="stable")
+    blurred, random = tie_break_keys(maps)
+    order = np.lexsort((random, -blurred, -maps.reshape(n, -1)), axis=-1)
     ranks = np.empty_like(order, dtype=np.int32)
     np.put_along_axis(ranks, order, np.arange(order.shape[1], dtype=np.int32)[None, :], axis=1)
     return ranks

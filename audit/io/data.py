@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from audit.errors import DataError
+from audit.io.preprocess import Preprocessing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 LABEL_CSV = "labels.csv"
@@ -63,6 +64,8 @@ class Dataset:
     order_declared: bool = False  # class_names is an order the data states (.npz class_names), not the names found
     notes: list[str] = field(default_factory=list)  # things worth telling the user (for the manifest notes)
     skipped: list[dict] = field(default_factory=list)  # [{path, reason}] filled while streaming (latest pass)
+    # The run's preprocessing (set by the audit session), used by batches() unless it is given one.
+    preprocessing: Preprocessing | None = None
 
     @property
     def count(self) -> int:
@@ -104,9 +107,16 @@ class Dataset:
         rescale: float = 1.0,
         start: int = 0,
         indices: np.ndarray | None = None,
+        preprocessing: Preprocessing | None = None,
     ) -> Iterator[Batch]:
-        """Preprocessed batches from position ``start`` on, or of the given ``indices`` only."""
+        """Preprocessed batches from position ``start`` on, or of the given ``indices`` only.
+
+        The pixels go through ``preprocessing``, else the dataset's own :attr:`preprocessing`
+        (which already holds the run's ``--rescale``), else a plain multiplication by ``rescale``.
+        """
         import tensorflow as tf
+
+        prep = preprocessing or self.preprocessing or Preprocessing(scale=float(rescale))
 
         self.skipped = []  # per pass: a later pass over the same data must not count its files again
         if indices is None:
@@ -115,7 +125,7 @@ class Dataset:
         h, w, c = input_shape
 
         def prepare(i, img):
-            return (i, *_preprocess(img, (h, w), c, stored_shape, rescale))
+            return (i, *_preprocess(img, (h, w), c, stored_shape, prep))
 
         if self.paths is not None:
             files = tf.constant([str(self.root / self.paths[i]) for i in indices] or [""])[: len(indices)]
@@ -196,8 +206,12 @@ def _decode(file):
     return tf.ensure_shape(img, (None, None, None))
 
 
-def _preprocess(img, size, channels, stored_shape, rescale):
-    """Resize and convert one image; also compute its built-in annotations."""
+def _preprocess(img, size, channels, stored_shape, prep: Preprocessing):
+    """Resize and convert one image; also compute its built-in annotations (on the original image).
+
+    The stored uint8 copy goes through the same geometry as the model's input (padding and
+    crop included, at the stored size), so maps drawn on it sit on the pixels the model saw.
+    """
     import tensorflow as tf
 
     src_channels = tf.shape(img)[-1]
@@ -211,20 +225,23 @@ def _preprocess(img, size, channels, stored_shape, rescale):
     builtin = tf.stack(
         [hw[1] / hw[0], tf.sqrt(hw[0] * hw[1]), tf.reduce_mean(grey) / 255.0, tf.math.reduce_std(grey) / 255.0]
     )
-    resized = tf.image.resize(rgb, size, antialias=True)
+    resized = prep.geometry(rgb, size, size)
     model_in = tf.image.rgb_to_grayscale(resized) if channels == 1 else resized
-    stored = tf.image.resize(rgb, stored_shape, antialias=True)
+    stored = prep.geometry(rgb, stored_shape, size)
     stored = tf.cast(tf.clip_by_value(tf.round(stored), 0, 255), tf.uint8)
-    return model_in * rescale, stored, builtin, src_channels
+    return prep.apply(model_in), stored, builtin, src_channels
 
 
-def preprocess_images(images: np.ndarray, input_shape: tuple[int, int, int], *, rescale: float = 1.0) -> np.ndarray:
+def preprocess_images(images: np.ndarray, input_shape: tuple[int, int, int], *, rescale: float = 1.0,
+                      preprocessing: Preprocessing | None = None) -> np.ndarray:
     """A batch of decoded images, prepared for the model exactly as :meth:`Dataset.batches` prepares files.
 
     Args:
         images: uint8 ``(N, h, w)`` or ``(N, h, w, channels)`` with 1 to 4 channels, all of one size.
         input_shape: the model's ``(H, W, C)``.
-        rescale: the factor the pixels are multiplied by, after resizing.
+        rescale: the factor the pixels are multiplied by, after resizing (without ``preprocessing``).
+        preprocessing: the run's :class:`~audit.io.preprocess.Preprocessing` (resize and
+            arithmetic, e.g. ``AuditOptions.preprocessing()``); it replaces ``rescale``.
 
     Returns:
         float32 ``(N, H, W, C)``: through the same graph (:func:`_preprocess`, in a
@@ -242,11 +259,12 @@ def preprocess_images(images: np.ndarray, input_shape: tuple[int, int, int], *, 
     h, w, c = input_shape
     if not len(images):
         return np.zeros((0, h, w, c), np.float32)
+    prep = preprocessing or Preprocessing(scale=float(rescale))
     own = tuple(images.shape[1:3])  # the stored copy _preprocess also makes: kept at this size, unused
     # As the .npz path of Dataset.batches feeds its rows: one image at a time, of unknown size.
     ds = tf.data.Dataset.from_generator(
         lambda: iter(images), output_signature=tf.TensorSpec((None, None, None), tf.uint8)
-    ).map(lambda img: _preprocess(img, (h, w), c, own, rescale)[0])
+    ).map(lambda img: _preprocess(img, (h, w), c, own, prep)[0])
     return np.concatenate(list(ds.batch(len(images)).as_numpy_iterator())).astype(np.float32, copy=False)
 
 

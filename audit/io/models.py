@@ -25,6 +25,7 @@ import hashlib
 import json
 import re
 import threading
+import warnings
 import weakref
 import zipfile
 from collections.abc import Callable, Iterator
@@ -37,6 +38,9 @@ import numpy as np
 from audit.errors import ModelError
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+# What Keras says when a model saved with a list of inputs is called on one tensor (legacy .h5).
+_INPUTS_STRUCTURE_WARNING = r"The structure of `inputs` doesn't match the expected structure"
 
 
 def sha256_of(path: Path) -> str:
@@ -174,6 +178,14 @@ def _qualified_layers(model, prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield from _qualified_layers(layer, f"{name}/")
 
 
+def _output_shape(layer) -> tuple:
+    """A layer's output shape, batch included; () when it is not known."""
+    try:
+        return tuple(layer.output.shape)
+    except (AttributeError, ValueError):
+        return tuple(getattr(layer, "_build_output_shape", None) or ())
+
+
 def _head_layer(model):
     """The layer whose output is the model's output, looked up through nesting."""
     layer = model.layers[-1]
@@ -299,13 +311,29 @@ class LoadedModel:
         for name, layer in self.layers():
             if hasattr(layer, "layers") or isinstance(layer, keras.layers.InputLayer):
                 continue
-            try:
-                shape = layer.output.shape
-            except (AttributeError, ValueError):
-                shape = getattr(layer, "_build_output_shape", None) or ()
-            if len(shape) == 4:
+            if len(_output_shape(layer)) == 4:
                 out.append((name, layer))
         return out
+
+    def describe_layers(self) -> list[dict]:
+        """The layers Grad-CAM and activations can use (4-D outputs), in model order.
+
+        Each entry has ``name`` (qualified, e.g. 'backbone/conv', what ``--layer`` takes),
+        ``class``, ``output_shape``, ``default`` (True for the layer Grad-CAM uses without
+        ``--layer``, chosen by the explainers' own rule, so the two never disagree) and
+        ``why`` (the reason, on the default only).
+        """
+        from audit.explain.base import spatial_layer
+
+        try:
+            default = spatial_layer(self, None)[0]
+        except ModelError:  # no 4-D layer at all: nothing to list
+            default = None
+        return [
+            {"name": name, "class": type(layer).__name__, "output_shape": _output_shape(layer),
+             "default": name == default, "why": "last layer with a 4-D output" if name == default else ""}
+            for name, layer in self.spatial_layers()
+        ]
 
     def last_spatial_layer(self) -> tuple[str, Any]:
         layers = self.spatial_layers()
@@ -696,7 +724,10 @@ def _describe(path, fmt, sha256, in_shape, head_activation, *, keras_model=None,
         )
     probe_x = np.full((2, *in_shape[1:]), 0.5, np.float32)
     try:
-        probe = np.asarray(call(probe_x) if call else keras_model(probe_x, training=False))
+        with warnings.catch_warnings():
+            # A legacy .h5 keeps its single input as a list, so Keras warns on this call of every load.
+            warnings.filterwarnings("ignore", message=_INPUTS_STRUCTURE_WARNING, category=UserWarning)
+            probe = np.asarray(call(probe_x) if call else keras_model(probe_x, training=False))
     except Exception as e:  # a model that cannot run on its own input shape is unusable
         raise ModelError(
             f"model fails on an input of its own shape {in_shape}: {str(e).splitlines()[0]}", path) from e

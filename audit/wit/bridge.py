@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from audit.engine.options import AuditOptions, recorded_preprocessing
 from audit.errors import AuditError, StoreError, positive_number, whole_number
 from audit.store import schema
 from audit.wit.compat import IMAGE_FEATURE, load_witwidget
@@ -156,14 +157,14 @@ class ModelPredictFn:
     It decodes each example's ``image/encoded`` and prepares it with
     :func:`audit.io.data.preprocess_images`, the audit's own input pipeline
     (resized with antialiasing to the model's input size, grayscale for
-    one-channel models, multiplied by ``rescale``), then returns the
+    one-channel models, then the run's ``preprocessing``), then returns the
     ``LoadedModel``'s class probabilities, ``PREDICT_BATCH`` images per call.
     Its single parameter is what witwidget expects of notebook predict functions.
     """
 
-    def __init__(self, model, rescale: float):
+    def __init__(self, model, preprocessing):
         self.model = model
-        self.rescale = float(rescale)
+        self.preprocessing = preprocessing
 
     def _prepare(self, images: list[np.ndarray]) -> np.ndarray:
         """The batch for the model; an edited datapoint may hold an image of another size."""
@@ -173,7 +174,7 @@ class ModelPredictFn:
         for shape in {img.shape for img in images}:
             rows = [r for r, img in enumerate(images) if img.shape == shape]
             x[rows] = preprocess_images(np.stack([images[r] for r in rows]), self.model.input_shape,
-                                        rescale=self.rescale)
+                                        preprocessing=self.preprocessing)
         return x
 
     def __call__(self, examples) -> list[list[float]]:
@@ -211,22 +212,22 @@ def _loaded_model(model, unsafe: bool):
 
 @dataclass
 class _Source:
-    """A model with the rescale factor its inputs need and where it came from."""
+    """A model with the preprocessing its inputs need and where it came from."""
 
     model: Any  # LoadedModel
-    rescale: float
+    preprocessing: Any  # audit.io.preprocess.Preprocessing
     class_names: list[str] | None = None  # known when it comes from a store
 
 
 def _run_model(run, unsafe: bool) -> _Source:
-    """The model of a run (a Reader), with the rescale factor the run used."""
+    """The model of a run (a Reader), with the preprocessing the run used."""
     path = Path(run.model_info["path"])
     if not path.exists():
         raise StoreError(
             f"the run's model {path} no longer exists; open the model directly: what_if(MODEL, data=DATA)", run.path
         )
     model = _loaded_model(path, unsafe)
-    return _Source(model, float(run.options.get("rescale", 1.0)), run.class_names)
+    return _Source(model, recorded_preprocessing(run.options), run.class_names)
 
 
 # -- the bridge ------------------------------------------------------------------------------------
@@ -316,7 +317,7 @@ def _data_rows(source: _Source, data, annotations, max_examples: int) -> tuple[_
     chosen = _choose(dataset.count, np.zeros(0, np.int64), max_examples)
     parts: dict[str, list] = {"index": [], "images": [], "probs": [], "builtin": []}
     shape = stored_shape(model.input_shape)
-    for batch in dataset.batches(model.input_shape, shape, rescale=source.rescale, indices=chosen):
+    for batch in dataset.batches(model.input_shape, shape, preprocessing=source.preprocessing, indices=chosen):
         parts["index"].append(batch.index)
         parts["images"].append(batch.stored)
         parts["probs"].append(model.predict(batch.x))
@@ -364,7 +365,8 @@ def _open_first(store_or_model, data, annotations, rescale, unsafe, notes: list[
     if not (isinstance(store_or_model, (str, Path)) and schema.is_store(store_or_model)):
         if data is None:
             raise AuditError("pass data= with a model (or pass a results store instead of a model)")
-        return None, _Source(_loaded_model(store_or_model, unsafe), 1.0 if rescale is None else float(rescale))
+        scaling = AuditOptions(rescale=1.0 if rescale is None else float(rescale)).preprocessing()
+        return None, _Source(_loaded_model(store_or_model, unsafe), scaling)
     if data is not None or annotations is not None:
         raise AuditError("a results store already names its data and annotations; pass neither with it")
     if rescale is not None:
@@ -385,7 +387,7 @@ def _open_second(compare, source: _Source, unsafe: bool) -> _Source | None:
     if isinstance(compare, (str, Path)) and schema.is_store(compare):
         other = _run_model(Reader(compare), unsafe)
     else:
-        other = _Source(_loaded_model(compare, unsafe), source.rescale)
+        other = _Source(_loaded_model(compare, unsafe), source.preprocessing)
     if other.model.num_classes != source.model.num_classes:
         raise AuditError(
             f"the compared model outputs {other.model.num_classes} classes; "
@@ -416,10 +418,11 @@ def _config(visualization, examples: list, class_names: list[str], source: _Sour
         .set_target_feature(TARGET_FEATURE)
         .set_max_classes_to_display(len(class_names))
         .set_model_name(first)
-        .set_custom_predict_fn(ModelPredictFn(source.model, source.rescale))
+        .set_custom_predict_fn(ModelPredictFn(source.model, source.preprocessing))
     )
     if other is not None:
-        builder.set_compare_model_name(second).set_compare_custom_predict_fn(ModelPredictFn(other.model, other.rescale))
+        compare_fn = ModelPredictFn(other.model, other.preprocessing)
+        builder.set_compare_model_name(second).set_compare_custom_predict_fn(compare_fn)
     return builder
 
 
