@@ -59,6 +59,22 @@ def _positive_int(name: str, value) -> int:
     return whole_number(name, value)
 
 
+def _display_fn(display_fn, preprocess: str | None):
+    """What turns validation inputs into the overlays' pixels: ``display_fn``, the inverse of the
+    ``preprocess`` preset, or None (the inputs as they are)."""
+    if display_fn is not None and preprocess is not None:
+        raise AuditError("pass display_fn or preprocess, not both")
+    if display_fn is not None and not callable(display_fn):
+        raise AuditError(f"display_fn must be a function. Received: display_fn of type {type(display_fn).__name__}")
+    if preprocess is None:
+        return display_fn
+    from audit.io.preprocess import PRESETS, preset
+
+    if preprocess not in PRESETS:
+        raise AuditError(f"unknown preprocess {preprocess!r}; choose from {', '.join(PRESETS)}")
+    return preset(preprocess).inverse
+
+
 class AuditCallback(keras.callbacks.Callback):
     """Audit the model on validation data every ``freq`` epochs, into TensorBoard.
 
@@ -84,6 +100,13 @@ class AuditCallback(keras.callbacks.Callback):
         min_slice_size: numbers are binned into quantiles of at least this many examples.
         batch_size: validation examples per prediction call.
         run_name: the run folder under ``log_dir``.
+        display_fn: maps a batch of validation inputs (preprocessed) to uint8 RGB images
+            ``(N, H, W, 3)`` shown under the overlays.
+        preprocess: instead of ``display_fn``, the ``--preprocess`` preset the inputs went
+            through (e.g. ``"tf"`` for ``mobilenet_v2.preprocess_input``); its inverse
+            (:meth:`audit.io.preprocess.Preprocessing.inverse`) gives the overlays' pixels.
+            With neither, uint8 inputs and floats in [0, 1] or [0, 255] are shown as they
+            are and other ranges are stretched from their min and max.
 
     Example:
         >>> audit = AuditCallback((x_val, y_val), annotations={"site": sites}, log_dir="logs",
@@ -108,6 +131,8 @@ class AuditCallback(keras.callbacks.Callback):
         min_slice_size: int = 30,
         batch_size: int = 64,
         run_name: str = DEFAULT_RUN,
+        display_fn=None,
+        preprocess: str | None = None,
     ):
         super().__init__()
         from audit.explain.registry import METHODS
@@ -135,6 +160,7 @@ class AuditCallback(keras.callbacks.Callback):
         if not run_name or "/" in str(run_name):
             raise AuditError(f"run_name must be a folder name. Received: run_name={run_name!r}")
         self.run_name = str(run_name)
+        self.display_fn = _display_fn(display_fn, preprocess)
         self.annotations = annotation_table(annotations)
         self.validation = LiveData(validation_data)
         self._live: LivePipeline | None = None
@@ -239,7 +265,8 @@ class AuditCallback(keras.callbacks.Callback):
                     f"true class **{tb.md_text(name)}**; the frame is green when the prediction is right, "
                     "red when wrong."
                 )
-                tb.write_images(f"{method}/{name}", tb.overlay_images(x[mask], method_maps[mask], correct[mask]), step,
+                images = x[mask] if self.display_fn is None else np.asarray(self.display_fn(x[mask]))
+                tb.write_images(f"{method}/{name}", tb.overlay_images(images, method_maps[mask], correct[mask]), step,
                                 description)
 
 
@@ -257,10 +284,10 @@ class GradCAMCallback(AuditCallback):
 
     def __init__(self, validation_data, log_dir: str | Path = "logs", freq: int = 1, num_images: int = 16,
                  class_names: Sequence[str] | None = None, *, method: str = "gradcam", layer=None,
-                 batch_size: int = 64, run_name: str = DEFAULT_RUN):
+                 batch_size: int = 64, run_name: str = DEFAULT_RUN, display_fn=None, preprocess: str | None = None):
         super().__init__(validation_data, log_dir=log_dir, freq=freq, explainers=(method,), num_images=num_images,
                          class_names=class_names, summaries=("images",), layer=layer, batch_size=batch_size,
-                         run_name=run_name)
+                         run_name=run_name, display_fn=display_fn, preprocess=preprocess)
 
 
 class PRCurveCallback(AuditCallback):

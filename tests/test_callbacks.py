@@ -262,3 +262,50 @@ def test_bad_validation_data_and_annotations(tmp_path):
     with pytest.raises(AuditError, match="no examples on this pass"):
         one_shot.audit(1)
     one_shot.close()
+
+
+def _overlays_under(tmp_path, xv, yv, **display) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Train one epoch with ``display`` (display_fn / preprocess); the fixed sample's rows and
+    the decoded gradcam overlay PNGs written for them, in sample order."""
+    x, y, _, _ = _data()
+    model = _compiled()
+    cb = AuditCallback((xv, yv), log_dir=tmp_path, explainers=("gradcam",), num_images=6, class_names=CLASSES,
+                       summaries=("images",), **display)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[cb])
+    events = read_events(tmp_path / "audit")
+    fixed = np.concatenate([np.flatnonzero(yv == k)[:2] for k in range(len(CLASSES))])
+    pngs = [decode_png(p) for name in CLASSES for p in events["images"][f"gradcam/{name}"][-1][1][2:]]
+    return fixed, pngs, GradCAM(model)(xv[fixed])
+
+
+def test_overlays_show_the_pixels_before_preprocessing(tmp_path):
+    _, _, original, yv = _data()
+    pixels = original.astype(np.uint8)
+    xv = keras.applications.mobilenet_v2.preprocess_input(original.copy())  # -1..1
+    fixed, pngs, maps = _overlays_under(tmp_path / "tf", xv, yv, preprocess="tf")
+    for png, row, heatmap in zip(pngs, fixed, maps):
+        np.testing.assert_allclose(png[1:-1, 1:-1], overlay(pixels[row], heatmap)[1:-1, 1:-1], atol=2)
+    # Without it, -1..1 inputs are stretched from their min and max (the default, unchanged).
+    assert np.abs(overlay(xv[fixed[0]], maps[0]).astype(int) - overlay(pixels[fixed[0]], maps[0])).max() > 20
+
+
+def test_overlays_show_what_display_fn_gives(tmp_path):
+    _, _, original, yv = _data()
+    xv = original / 255.0
+
+    def negative(batch):
+        return (255 - np.round(batch * 255)).astype(np.uint8)
+
+    fixed, pngs, maps = _overlays_under(tmp_path, xv, yv, display_fn=negative)
+    for png, row, heatmap in zip(pngs, fixed, maps):
+        np.testing.assert_allclose(png[1:-1, 1:-1], overlay(negative(xv[row]), heatmap)[1:-1, 1:-1], atol=2)
+
+
+def test_display_options_are_checked():
+    _, _, xv, yv = _data()
+    with pytest.raises(AuditError, match="not both"):
+        AuditCallback((xv, yv), display_fn=lambda b: b, preprocess="tf")
+    with pytest.raises(AuditError, match="unknown preprocess 'tff'"):
+        AuditCallback((xv, yv), preprocess="tff")
+    with pytest.raises(AuditError, match="display_fn must be a function"):
+        AuditCallback((xv, yv), display_fn="tf")

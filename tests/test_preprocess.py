@@ -168,3 +168,31 @@ def test_run_with_preset_records_it_and_warns_of_double_scaling(tmp_path):
     order = [int(p.split("/")[1][:3]) for p in run.predictions["path"]]
     np.testing.assert_allclose(run.probabilities(), _expected_probs("softmax", x[order]), atol=1e-4)
     assert list(run.class_names) == list(CLASSES)
+
+
+def test_heatmap_of_a_padded_wide_image_lands_on_the_planted_region(tmp_path):
+    """Pointing game in the stored image's coordinates: with --resize pad the stored copy is padded as
+    the model's input is, and the Grad-CAM peak sits on the bright patch there, not where a stretched
+    copy would put it. The brightness model's Grad-CAM is its brightness map, so the patch is the truth."""
+    import tensorflow as tf
+    from PIL import Image
+
+    from audit.store.reader import Reader
+
+    wide = np.full((SIZE, 2 * SIZE, 3), 40, np.uint8)  # 16 x 32, dark, bright patch near the right edge
+    wide[4:12, 24:30] = 250
+    for k, name in enumerate(CLASSES):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.fromarray(wide).save(tmp_path / "data" / name / f"{k}.png")
+    brightness_model().save(tmp_path / "m.keras")
+    out = run_audit(tmp_path / "m.keras", tmp_path / "data", tmp_path / "out", progress=False,
+                    options=AuditOptions(resize="pad", explain=("gradcam",), bootstrap=0, tensorboard=False))
+    run = Reader(out)
+    seen = tf.image.resize_with_pad(wide.astype(np.float32), SIZE, SIZE, antialias=True).numpy()
+    truth = seen.mean(axis=-1) > 145  # the patch, where the model's padded input has it
+    assert truth[:4].sum() == 0 and truth[12:].sum() == 0  # padding above and below
+    stored = run.image(0).astype(np.float32)
+    assert np.abs(stored - seen).max() <= 1  # the stored copy is the padded input, rounded
+    cam = run.heatmap("gradcam", 0)
+    peak = np.unravel_index(np.argmax(cam), cam.shape)
+    assert truth[peak], (peak, np.argwhere(truth).min(0), np.argwhere(truth).max(0))

@@ -54,6 +54,7 @@ class _Outputs:
 
     maps: dict
     scores: dict
+    signal: dict  # method -> bool (K,): the raw map had spread
     activation_layers: list[str] = field(default_factory=list)
 
 
@@ -74,7 +75,8 @@ def explain(session, predictions) -> dict:
     session.manifest["explained"] = _explained(methods, len(chosen), explainers, outputs)
     if acts is not None and "activation_stats" not in session.writer.state:
         _activation_stats(session, acts)
-    return {m: _quality_summary(session.writer, m) for m in methods}
+    return {m: {**_quality_summary(session.writer, m), "no_signal": _no_signal(session.writer, m, explainers[m])}
+            for m in methods}
 
 
 def _chosen(session, predictions) -> np.ndarray:
@@ -95,6 +97,7 @@ def _outputs(session, methods: list[str], k: int) -> _Outputs:
     return _Outputs(
         maps={m: w.array(schema.heatmap_file(m), (k, *session.shape), np.float16) for m in methods},
         scores={m: w.array(f"{schema.WORK_DIR}/{_quality_file(m)}", (k, 2), np.float32) for m in methods},
+        signal={m: w.array(schema.signal_file(m), (k,), np.bool_) for m in methods},
         activation_layers=list(w.state.get("activation_layers", [])),
     )
 
@@ -124,11 +127,14 @@ def _explain_chosen(session, chosen: np.ndarray, predictions, explainers: dict, 
 def _write_maps(session, explainers: dict, x: np.ndarray, targets: np.ndarray, rows: np.ndarray,
                 outputs: _Outputs) -> None:
     from audit.explain import quality
+    from audit.explain.base import has_signal, normalize_maps
 
     for m, explainer in explainers.items():
-        maps = explainer(x, targets=targets)
+        raw = explainer(x, targets=targets, normalize=False)
+        maps = normalize_maps(raw)  # what explainer(x) gives; the raw map also says where there is no signal
         q = quality.deletion_insertion(session.model, x, maps, targets)
         outputs.maps[m].write(stored_maps(maps, session.shape), rows)
+        outputs.signal[m].write(has_signal(raw), rows)
         outputs.scores[m].write(np.stack([q["deletion"], q["insertion"]], axis=1), rows)
 
 
@@ -171,6 +177,22 @@ def _quality_summary(w, method: str) -> dict:
         "n": int(len(q)),
         "note": _QUALITY_NOTE,
     }
+
+
+def _no_signal(w, method: str, explainer) -> schema.NoSignal:
+    """How many stored maps of ``method`` had no signal, why such a map is empty, what to try."""
+    signal = np.load(w.out / schema.signal_file(method))
+    layer = getattr(explainer, "layer_name", None)
+    if method == "occlusion":
+        reason = "no patch changed the predicted probability measurably (a saturated model)"
+        suggestion = "a larger --occlusion-patch or Grad-CAM"
+    elif layer is not None:
+        reason = f"the class-weighted activations of layer {layer} are ≤ 0 everywhere (ReLU leaves nothing)"
+        other = "Grad-CAM" if method == "gradcam++" else "Grad-CAM++"
+        suggestion = f"try an earlier --layer, {other} or occlusion"
+    else:
+        reason, suggestion = "the map is constant", "another method"
+    return {"count": int(np.sum(~signal)), "of": int(len(signal)), "reason": reason, "suggestion": suggestion}
 
 
 def _checkpointed(phase: str, items: Iterable) -> Iterator:

@@ -11,7 +11,7 @@ import numpy as np
 from audit.errors import AuditError, optional_whole_number, positive_number, whole_number
 from audit.store import schema
 
-DEFAULT_EXPLAIN = ("gradcam", "occlusion")
+DEFAULT_EXPLAIN = ("gradcam", "occlusion", "activations")
 # Option fields spelled as the CLI spells them, so a message names what the user typed.
 _CLI_FLAGS = {"tensorboard": "--no-tensorboard"}
 
@@ -38,7 +38,7 @@ class AuditOptions:
 
     batch_size: int = 64
     rescale: float = 1.0
-    explain: tuple[str, ...] | None = None  # None: gradcam + occlusion (occlusion only without layers)
+    explain: tuple[str, ...] | None = None  # None: DEFAULT_EXPLAIN (without layers: occlusion, activations off)
     explain_limit: int | None = 500  # None: explain every example
     layer: str | None = None  # Grad-CAM layer; None: last 4-D layer
     occlusion_patch: int | None = None  # None: about 1/8 of the shorter side

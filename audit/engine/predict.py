@@ -90,3 +90,30 @@ def check_readable(session) -> None:
         session.notes.append(f"converted {converted} image(s) to {kind} to match the model's input")
     if skipped:
         session.notes.append(f"skipped {len(skipped)} unreadable image(s); listed in manifest.json")
+    note = near_chance_note(session)
+    if note:
+        session.notes.append(note)
+
+
+def near_chance_note(session) -> str | None:
+    """A note when the predictions look like chance, as inputs scaled unlike training give.
+
+    The rule, kept simple: the mean top probability is below 1.5 / C (C classes) and the
+    accuracy's 95% Wilson interval reaches down to chance (its lower bound is at most 1 / C).
+    """
+    from audit.metrics.intervals import wilson
+
+    w, dataset = session.writer, session.dataset
+    skipped = {s["index"] for s in w.state.get("skipped", [])}
+    keep = np.array([i for i in range(dataset.count) if i not in skipped], np.int64)
+    c = session.model.num_classes
+    if not len(keep) or c < 2:
+        return None
+    probs = np.asarray(w.work_array("probs.npy"))[keep]
+    confidence = float(probs.max(axis=1).mean())
+    correct = int(np.sum(probs.argmax(axis=1) == np.asarray(dataset.labels)[keep]))
+    low = float(wilson(correct, len(keep))[0])
+    if confidence >= 1.5 / c or low > 1.0 / c:
+        return None
+    return (f"mean confidence {confidence:.2f} with {c} classes is near chance: "
+            "are the inputs scaled as in training? (see --preprocess)")

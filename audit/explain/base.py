@@ -213,14 +213,32 @@ def normalize_maps(maps) -> np.ndarray:
     m = np.nan_to_num(np.asarray(maps, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     if m.size == 0:
         return m.astype(np.float32)
+    lo, spread, flat = _spread(m)
+    out = (m - lo) / np.where(flat, 1.0, spread)
+    return np.where(flat, 0.0, out).astype(np.float32)
+
+
+def has_signal(maps) -> np.ndarray:
+    """Per raw map (N, ...), whether it has any spread: False exactly where :func:`normalize_maps`
+    returns all zeros (e.g. a Grad-CAM that ReLU zeroed everywhere).
+
+    >>> has_signal(np.array([[[1.0, 3.0]], [[2.0, 2.0]], [[0.0, 0.0]]])).tolist()
+    [True, False, False]
+    """
+    m = np.nan_to_num(np.asarray(maps, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if m.size == 0:
+        return np.zeros(len(m), bool)
+    return ~_spread(m)[2].reshape(len(m))
+
+
+def _spread(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per map: minimum, spread (max - min) and whether it counts as constant (kept dims)."""
     axes = tuple(range(1, m.ndim))
     lo = m.min(axis=axes, keepdims=True)
     hi = m.max(axis=axes, keepdims=True)
     spread = hi - lo
     scale = np.maximum(np.abs(lo), np.abs(hi))
-    flat = spread <= _CONSTANT_RTOL * scale
-    out = (m - lo) / np.where(flat, 1.0, spread)
-    return np.where(flat, 0.0, out).astype(np.float32)
+    return lo, spread, spread <= _CONSTANT_RTOL * scale
 
 
 def target_scores(scores, targets, output_kind: str):

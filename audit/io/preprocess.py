@@ -80,6 +80,26 @@ class Preprocessing:
             x = x + self.offset
         return x
 
+    def inverse(self, y) -> np.ndarray:
+        """Model inputs ``(..., C)`` back to uint8 RGB pixels (0..255), for display.
+
+        Undoes the arithmetic of :meth:`apply` (offset, scale, std, mean, then the channel
+        order); the geometry (resize, padding, crop) cannot be undone and is kept.
+        """
+        x = np.asarray(y, np.float64)
+        one = x.shape[-1] == 1
+        if self.offset != 0.0:
+            x = x - self.offset
+        if self.scale != 1.0:
+            x = x / self.scale
+        for values, op in ((self.std, np.multiply), (self.mean, np.add)):
+            if values is not None:
+                v = np.asarray(values, np.float64)
+                x = op(x, np.full(1 if one else 3, v.mean()) if one or v.size == 1 else v)
+        if self.channel_order == "BGR" and not one:
+            x = x[..., ::-1]
+        return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
     def geometry(self, img, size: tuple[int, int], aspect: tuple[int, int]):
         """``img`` (h, w, C) float32 brought to ``size`` by this resize; ``aspect`` is the
         model's (H, W), whose ratio ``crop`` keeps (so a smaller stored copy shows the same region)."""

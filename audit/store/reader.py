@@ -201,6 +201,17 @@ class Reader:
     def heatmap_methods(self) -> list[str]:
         return [m for m in schema.EXPLAINERS if (self.path / schema.heatmap_file(m)).is_file()]
 
+    def no_signal(self, method: str, index: int) -> str | None:
+        """Why ``method``'s map of ``index`` has no signal (a constant raw map, stored as zeros, that
+        must never be drawn as if it were a finding), or None: it has signal, there is no such map,
+        or the store predates the check."""
+        signal = self._array(schema.signal_file(method))
+        row = self.heatmap_index.get(int(index))
+        if signal is None or row is None or bool(signal[row]):
+            return None
+        info: dict = dict(((self.metrics.get("explanations") or {}).get(method) or {}).get("no_signal") or {})
+        return str(info.get("reason") or "the map is constant")
+
     def has_heatmap(self, index: int) -> bool:
         return index in self.heatmap_index
 

@@ -14,6 +14,7 @@ Layout of ``OUT/``::
                            longest side at most STORED_IMAGE_MAX_SIDE
     heatmaps/index.npy     int64 (K,): example indices that have heatmaps
     heatmaps/<method>.npy  float16 (K, h, w) in [0, 1], rows follow index.npy
+    heatmaps/<method>_signal.npy  bool (K,): the raw map had spread (False: no signal)
     activations/<layer>.npy  float16 (K, a, b, channels) for the same K examples,
                              area-averaged to at most STORED_ACTIVATION_MAX_SIDE
     activations/stats.json   per-layer, per-channel mean / max / fraction of zeros
@@ -109,6 +110,12 @@ def heatmap_file(method: str) -> str:
     return f"{HEATMAP_DIR}/{file_stem(method)}.npy"
 
 
+def signal_file(method: str) -> str:
+    """Per explained example, whether its raw map had any signal: ``heatmaps/<stem>_signal.npy``,
+    bool (K,), rows follow index.npy. A False row's stored map is all zeros and means nothing."""
+    return f"{HEATMAP_DIR}/{file_stem(method)}_signal.npy"
+
+
 def activation_file(layer: str) -> str:
     """File of one layer's activations; nested names 'backbone/conv' become 'backbone__conv'."""
     return f"{ACTIVATION_DIR}/{layer.replace('/', '__')}.npy"
@@ -155,6 +162,24 @@ class ExplainedInfo(TypedDict, total=False):
     activation_layers: list[str]
     layer: str
     titles: dict[str, str]  # method name -> title, from the method registry
+
+
+class NoSignal(TypedDict):
+    """``metrics.json`` ``explanations[method]["no_signal"]``: maps that were constant before
+    normalisation (stored as all zeros), how many of the explained, why, and what to try."""
+
+    count: int
+    of: int
+    reason: str
+    suggestion: str
+
+
+class ExplanationQuality(TypedDict, total=False):
+    deletion_auc: float | None
+    insertion_auc: float | None
+    n: int
+    note: str
+    no_signal: NoSignal  # absent in stores written before it
 
 
 class Manifest(TypedDict, total=False):
@@ -238,7 +263,7 @@ class Metrics(TypedDict, total=False):
     calibration: dict[str, Any]
     slices: SlicesSection
     thresholds: dict[str, Any]
-    explanations: dict[str, dict[str, Any]]  # added by the engine after compute_metrics
+    explanations: dict[str, ExplanationQuality]  # added by the engine after compute_metrics
     notes: list[str]
 
 

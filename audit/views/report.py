@@ -191,6 +191,33 @@ def confusion_picture(metrics: schema.Metrics) -> Picture | None:
 
 
 # -- sections -------------------------------------------------------------------------------
+def _values(values) -> str:
+    return f"{values[0]:g}" if len(values) == 1 else "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def preprocessing_words(entry) -> str:
+    """The manifest's ``preprocessing`` entry in words, e.g. "tf (x/127.5 − 1), resize pad";
+    "" for a store that does not record one. Plain text: escape it where it becomes Markdown."""
+    if not isinstance(entry, dict) or not entry:
+        return ""
+    x = "x"
+    if entry.get("mean"):
+        x = f"x − {_values(entry['mean'])}"
+    if entry.get("std"):
+        x = f"({x})/{_values(entry['std'])}" if x != "x" else f"x/{_values(entry['std'])}"
+    scale, offset = float(entry.get("scale", 1.0)), float(entry.get("offset", 0.0))
+    if scale != 1.0:
+        base = f"({x})" if " " in x else x
+        inverse = 1.0 / scale
+        x = f"{base}/{inverse:g}" if abs(inverse - round(inverse, 3)) < 1e-9 * inverse else f"{base}·{scale:g}"
+    if offset:
+        x += f" {'+' if offset > 0 else '−'} {abs(offset):g}"
+    arithmetic = "x in 0..255" if x == "x" else x
+    if entry.get("channel_order", "RGB") != "RGB":
+        arithmetic = f"RGB to {entry['channel_order']}, {arithmetic}"
+    return f"{entry.get('name', 'custom')} ({arithmetic}), resize {entry.get('resize', 'stretch')}"
+
+
 def _headline(metrics: schema.Metrics) -> Block:
     rows = [
         ["accuracy", _num(metrics.get("accuracy")), _ci(metrics.get("accuracy_ci"))],
@@ -358,18 +385,24 @@ def _explanation_sections(metrics: schema.Metrics) -> list[Block]:
     quality = metrics.get("explanations")
     if not isinstance(quality, dict) or not quality:
         return []
-    rows = []
+    rows, empty = [], []
     for method, scores in quality.items():
         if isinstance(scores, dict):
+            info: dict = dict(scores.get("no_signal") or {})
             rows.append([method, _num(scores.get("deletion_auc")), _num(scores.get("insertion_auc")),
-                         str(scores.get("n", ""))])
+                         str(scores.get("n", "")), f"{info['count']} of {info['of']}" if info else "–"])
+            if info and info.get("count"):
+                empty.append(Block("text", f"{method}: {info['count']} of {info['of']} maps have no signal "
+                                           f"({info.get('reason')}); they are not findings. "
+                                           f"Suggestion: {info.get('suggestion')}."))
     if not rows:
         return []
     return [
         Block("heading", "Explanation quality"),
         Block("text", "Mean area under the target-probability curve as the most salient pixels are removed "
                       "(deletion: lower is better) or revealed (insertion: higher is better)."),
-        Block("table", headers=["method", "deletion AUC", "insertion AUC", "examples"], rows=rows),
+        Block("table", headers=["method", "deletion AUC", "insertion AUC", "examples", "no signal"], rows=rows),
+        *empty,
     ]
 
 
@@ -405,9 +438,11 @@ def _mistake_sections(run: Reader, draw: bool) -> list[Block]:
         pictures.append(Picture(f"mistake_{index}", _image_png(image), caption, width=128))
         if run.has_heatmap(index):
             for method in methods:
-                pictures.append(Picture(f"mistake_{index}_{schema.file_stem(method)}",
-                                        _image_png(overlay(image, run.heatmap(method, index), 0.5)),
-                                        f"#{index}: {method}", width=128))
+                empty = run.no_signal(method, index)
+                shown = image if empty else overlay(image, run.heatmap(method, index), 0.5)
+                pictures.append(Picture(f"mistake_{index}_{schema.file_stem(method)}", _image_png(shown),
+                                        f"#{index}: {method}" + (f": no signal ({empty})" if empty else ""),
+                                        width=128))
     if not any(run.has_heatmap(int(i)) for i in wrong["index"]):
         blocks.append(Block("text", "None of these examples has a stored heatmap."))
     blocks.append(Block("pictures", pictures=pictures))
@@ -431,7 +466,11 @@ def build_report(run: Reader, *, pictures: bool = True) -> tuple[str, list[Block
     )
     if run.manifest.get("finished_at"):
         about += f" Finished {run.manifest['finished_at']}."
-    blocks = [Block("text", about), Block("heading", "Headline"), _headline(metrics)]
+    blocks = [Block("text", about)]
+    words = preprocessing_words(run.manifest.get("preprocessing"))
+    if words:
+        blocks.append(Block("text", f"preprocessing: {words}"))
+    blocks += [Block("heading", "Headline"), _headline(metrics)]
     blocks += _slice_sections(metrics, pictures)
     blocks += _model_sections(metrics, pictures)
     blocks += _threshold_sections(metrics)

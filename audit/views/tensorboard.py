@@ -168,14 +168,16 @@ def write_pr_curves(labels, probs, class_names: Sequence[str], step: int, *, sub
     return written
 
 
-def overlay_images(images, maps, correct=None, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+def overlay_images(images, maps, correct=None, alpha: float = OVERLAY_ALPHA, signal=None) -> np.ndarray:
     """Heatmap overlays uint8 (N, H, W, 3); with ``correct``, a green (right) or red (wrong) frame.
 
-    ``images`` may be uint8 or model inputs in any range (see :func:`audit.viz.overlay`).
+    ``images`` may be uint8 or model inputs in any range (see :func:`audit.viz.overlay`). Where
+    ``signal`` (N bools) is False the map had no signal and the plain image is drawn instead.
     """
     from audit.viz import overlay
 
-    frames = np.stack([overlay(img, m, alpha) for img, m in zip(images, maps)])
+    signal = np.ones(len(images), bool) if signal is None else np.asarray(signal, bool)
+    frames = np.stack([overlay(img, m, alpha if s else 0.0) for img, m, s in zip(images, maps, signal)])
     if correct is not None and len(frames):
         h, w = frames.shape[1:3]
         edge = max(1, min(h, w) // 32)
@@ -323,10 +325,22 @@ def _export_images(run: Reader) -> None:
             listing = "\n".join(f"{n}. {_caption(by_index, i, names)}" for n, i in enumerate(chosen, 1))
             for method in methods:
                 maps = [run.heatmap(method, i) for i in chosen]
+                signal, reason = _signal(run, method, chosen)
                 order = "most confident first" if kind == "mistakes" else "a sample"
                 description = (f"{md_text(method)} overlays of {kind} on true class **{md_text(name)}** ({order}); "
                                f"the frame is red for a mistake, green for a correct prediction.\n\n{listing}")
-                write_images(f"{method}/{name}/{kind}", overlay_images(images, maps, correct), 0, description)
+                if not signal.all():
+                    empty = ", ".join(str(n) for n, s in enumerate(signal, 1) if not s)
+                    description += (f"\n\nImages {empty}: no signal ({md_text(reason)}); the plain image is "
+                                    "shown, not a finding.")
+                write_images(f"{method}/{name}/{kind}", overlay_images(images, maps, correct, signal=signal), 0,
+                             description)
+
+
+def _signal(run: Reader, method: str, chosen: list[int]) -> tuple[np.ndarray, str]:
+    """Whether each chosen example's ``method`` map had signal (all True for older stores), and why not."""
+    reasons = [run.no_signal(method, i) for i in chosen]
+    return np.array([r is None for r in reasons], bool), next((r for r in reasons if r), "")
 
 
 def _export_histograms(run: Reader) -> None:

@@ -18,6 +18,7 @@ import streamlit as st
 from audit.errors import StoreError
 from audit.views.app import links, store_cache
 from audit.views.format import md_text
+from audit.views.report import preprocessing_words
 
 
 def stores_from_argv(argv: list[str]) -> list[str]:
@@ -65,12 +66,14 @@ def sidebar_summary(run: store_cache.RunRef, title: str) -> None:
     m = store_cache.metrics(run)
     man = store_cache.manifest(run)
     explained = man.get("explained", {})
+    words = preprocessing_words(man.get("preprocessing"))
     st.sidebar.markdown(
         f"**{title}: {md_text(run.name)}**  \n"
         f"{md_text(run.path)}  \n"
         f"{m.get('num_examples', '?')} examples · {len(m.get('class_names', []))} classes · "
         f"accuracy {m.get('accuracy', float('nan')):.1%}  \n"
         f"explained: {explained.get('count', 0)} ({md_text(', '.join(explained.get('methods', [])) or 'none')})"
+        + (f"  \npreprocessing: {md_text(words)}" if words else "")
     )
 
 

@@ -151,6 +151,17 @@ def explained(run: RunRef) -> np.ndarray:
     return np.array(sorted(reader(run).heatmap_index), dtype=np.int64)
 
 
+def no_signal(run: RunRef, method: str | None, index: int) -> str | None:
+    """The reason ``method``'s map of example ``index`` has no signal, or None (see ``Reader.no_signal``)."""
+    return reader(run).no_signal(method, int(index)) if method else None
+
+
+def no_signal_info(run: RunRef, method: str) -> dict:
+    """``metrics.json`` ``explanations[method]["no_signal"]`` (count, of, reason, suggestion), or {}."""
+    info = ((metrics(run).get("explanations") or {}).get(method) or {}).get("no_signal")
+    return dict(info) if isinstance(info, dict) else {}
+
+
 # -- slices ---------------------------------------------------------------------------
 def slice_columns(run: RunRef) -> list[schema.SliceColumnInfo]:
     """The sliced columns of the run (single annotations first, then pairs), as stored."""
@@ -194,8 +205,8 @@ def picture(run: RunRef, index: int, method: str | None = None, alpha: float = 0
 
     r = reader(run)
     image = to_uint8_rgb(r.image(int(index)))
-    if method and r.has_heatmap(int(index)) and method in r.heatmap_methods:
-        image = overlay(image, r.heatmap(method, int(index)), alpha)
+    if method and r.has_heatmap(int(index)) and method in r.heatmap_methods and no_signal(run, method, index) is None:
+        image = overlay(image, r.heatmap(method, int(index)), alpha)  # a map with no signal: the plain image
     return _enlarge(image, at_least)
 
 

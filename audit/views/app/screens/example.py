@@ -72,13 +72,20 @@ panels = st.columns(1 + len(methods) if has_maps else 1)
 panels[0].image(store_cache.picture(run, index, at_least=192), caption="image", width="stretch")
 if has_maps:
     for col, method in zip(panels[1:], methods):
+        title, empty = md_text(store_cache.method_title(run, method)), store_cache.no_signal(run, method, index)
         col.image(store_cache.picture(run, index, method, st.session_state.ex_alpha, at_least=192),
-                  caption=md_text(store_cache.method_title(run, method)), width="stretch")
+                  caption=f"{title}: no signal ({md_text(empty)})" if empty else title, width="stretch")
+        if empty:
+            suggestion = store_cache.no_signal_info(run, method).get("suggestion")
+            col.caption(f"Not a finding: the map is empty. Suggestion: {md_text(suggestion)}." if suggestion
+                        else "Not a finding: the map is empty.")
     with st.expander("Raw maps"):
         raw = st.columns(len(methods))
         for col, method in zip(raw, methods):
             col.image(store_cache.heatmap_colours(run, method, index), width="stretch",
-                      caption=f"{md_text(store_cache.method_title(run, method))} (0 blue … 1 red)")
+                      caption=f"{md_text(store_cache.method_title(run, method))} "
+                              + ("(no signal: all zeros)" if store_cache.no_signal(run, method, index)
+                                 else "(0 blue … 1 red)"))
     st.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key="ex_alpha")
 else:
     st.info(f"No heatmaps or activations for this example: the run explained {len(explained)} of {count} "

@@ -101,6 +101,8 @@ for row_start in range(0, len(page), COLUMNS):
         r = by_index.loc[int(i)]
         mark = "✓" if r["correct"] else "✗"
         note = "" if method is None or int(i) in filters.explained else " · no map"
+        empty = store_cache.no_signal(run, method, int(i))
+        note = f" · no signal ({md_text(empty)})" if empty else note
         col.image(picture, width="stretch",
                   caption=f"{mark} #{int(i)} · {md_text(names[int(r['label'])])} → {md_text(names[int(r['pred'])])} · "
                           f"{r['confidence']:.0%}{note}")

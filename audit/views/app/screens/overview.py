@@ -79,7 +79,8 @@ else:
     flagged = rows[rows["flagged"] & ~rows["too_small"]]
     if not pairs:
         flagged = flagged[[len(c) == 1 for c in flagged["columns"]]]
-    flagged = flagged.sort_values(["gap", "n"], ascending=[True, False])
+    if not flagged.empty:  # rows too small to test carry no gap at all
+        flagged = flagged.sort_values(["gap", "n"], ascending=[True, False])
     st.caption(
         f"{summary.get('flagged', len(rows[rows['flagged']]))} of {summary.get('tested', len(rows))} slices "
         f"have an accuracy gap to the rest whose 95% interval excludes zero "
