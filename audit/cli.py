@@ -287,17 +287,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _version() -> str:
     """This package's version and the libraries that shape results, without importing them."""
-    from importlib.metadata import PackageNotFoundError, version
-
     import audit
+    from audit.engine.session import library_versions
 
-    found = []
-    for pkg in ("keras", "tensorflow-cpu", "tensorflow"):
-        try:
-            found.append(f"{pkg} {version(pkg)}")
-        except PackageNotFoundError:
-            pass
-    return f"keras-audit {audit.__version__} ({', '.join(found)}, python {sys.version.split()[0]})"
+    found = library_versions(("keras", "tensorflow-cpu", "tensorflow"))
+    python = found.pop("python")
+    return f"keras-audit {audit.__version__} ({', '.join(f'{k} {v}' for k, v in found.items())}, python {python})"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -194,15 +194,9 @@ def build(out: Path) -> dict:
 
 def _versions() -> dict:
     """The libraries training depends on: the same seed gives the same weights only with the same builds."""
-    from importlib.metadata import PackageNotFoundError, version
+    from audit.engine.session import library_versions
 
-    found = {}
-    for pkg in ("tensorflow-cpu", "tensorflow", "keras", "numpy", "pillow"):
-        try:
-            found[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return found
+    return library_versions(("tensorflow-cpu", "tensorflow", "keras", "numpy", "pillow"))
 
 
 if __name__ == "__main__":

@@ -24,15 +24,18 @@ _START_OVER = "rerun without --resume to start over"
 _NO_LAYERS_NOTE = "SavedModel: no layers to explain with Grad-CAM; heatmaps are occlusion only"
 
 
-def _versions() -> dict:
+def library_versions(packages=("keras-audit", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas",
+                                 "scikit-learn")) -> dict[str, str]:
+    """Installed versions of ``packages`` (those not installed are left out) and of Python, read
+    from package metadata without importing anything: what a store records and --version says."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("keras-audit", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas", "scikit-learn"):
+    for pkg in packages:
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
-            pass
+            continue
     return out
 
 
@@ -152,7 +155,7 @@ class Session:
             "options": self.options.recorded(),
             "preprocessing": self.preprocessing.describe(),
             "stored_image_shape": list(self.shape),
-            "versions": _versions(),
+            "versions": library_versions(),
             "started_at": _now(),
         }
 
