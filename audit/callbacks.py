@@ -15,7 +15,7 @@ the validation data:
 * ``slices``: ``metrics/accuracy`` and ``slices/<annotation>/<value>``, each
   with ``/ci_low`` and ``/ci_high`` (95% Wilson interval);
 * ``images``: ``<method>/<class>``, heatmap overlays of a fixed sample of
-  ``num_images`` validation images spread over the classes (one tag per true
+  ``num_images`` validation images stratified by class (one tag per true
   class), framed green when the model gets them right at that epoch and red
   when it does not;
 * ``histograms``: ``activations/<layer>`` on the same fixed sample.
@@ -92,7 +92,8 @@ class AuditCallback(keras.callbacks.Callback):
         freq: audit at epochs 0, freq, 2 freq, ...
         explainers: heatmap methods for the overlays: ``"gradcam"``,
             ``"gradcam++"``, ``"occlusion"``.
-        num_images: size of the fixed sample shown as overlays (spread over the classes).
+        num_images: size of the fixed sample shown as overlays: stratified by class, every class
+            shown when there are no more classes than images (the first images of each, in data order).
         class_names: one name per model output class; default ``"0"``, ``"1"``, ...
         summaries: which of ``SUMMARIES`` to write.
         layer: the Grad-CAM layer (name, ``"backbone/conv"`` or object); None: the last 4-D layer.

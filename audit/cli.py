@@ -140,6 +140,7 @@ def _options(args):
         seed=args.seed,
         unsafe=getattr(args, "unsafe", False),
         tensorboard=not args.no_tensorboard,
+        shard=getattr(args, "shard", None),
     )
 
 
@@ -150,11 +151,46 @@ def summary(out: Path) -> None:
     print_summary(out)
 
 
-def cmd_run(args) -> None:
-    from audit.pipeline import run_audit
+def _add_scale_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: actors of a Ray cluster (pip install 'keras-audit[ray]')")
+    p.add_argument("--address", help="with --engine ray: the Ray cluster to join (default: start one for the run)")
+    p.add_argument("--workers", type=_positive_int, help="with --engine ray: actors, one share each (default: 2)")
+    p.add_argument("--gpus-per-worker", type=float, help="with --engine ray: GPUs each actor reserves (default: 0)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="run share I (from 0) of the data cut into N, into its own store; "
+                        "combine the N stores with keras-audit merge")
 
-    out = run_audit(args.model, args.data, args.out, annotations=args.annotations, options=_options(args),
-                    resume=args.resume, progress=not args.quiet)
+
+def _scale_arguments(args) -> dict:
+    """The Ray engine's arguments; a Ray-only option without --engine ray is refused, not ignored."""
+    given = [flag for flag, value in (("--address", args.address), ("--workers", args.workers),
+                                      ("--gpus-per-worker", args.gpus_per_worker)) if value is not None]
+    if args.engine != "ray":
+        if given:
+            raise AuditError(f"{given[0]} needs --engine ray")
+        return {}
+    if args.shard is not None:
+        raise AuditError("--shard runs one share in this process; drop it with --engine ray (which shards itself)")
+    if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
+        raise AuditError(f"--gpus-per-worker must be 0 or more; received {args.gpus_per_worker:g}")
+    return {"address": args.address, "workers": args.workers or 2, "gpus_per_worker": args.gpus_per_worker or 0.0}
+
+
+def cmd_run(args) -> None:
+    from audit.pipeline import run_audit, run_distributed
+
+    scale = _scale_arguments(args)
+    run = run_distributed if scale else run_audit
+    out = run(args.model, args.data, args.out, annotations=args.annotations, options=_options(args),
+              resume=args.resume, progress=not args.quiet, **scale)
+    summary(out)
+
+
+def cmd_merge(args) -> None:
+    from audit.pipeline import merge
+
+    out = merge(args.out, args.shards, tensorboard=False if args.no_tensorboard else None, progress=not args.quiet)
     summary(out)
 
 
@@ -193,6 +229,70 @@ def cmd_demo(args) -> None:
     out = run_audit(DEMO["model"], DEMO["data"], args.out, annotations=DEMO["annotations"], options=_options(args),
                     resume=args.resume, progress=not args.quiet)
     summary(out)
+
+
+def _discovery_summary(found: dict, out: Path) -> None:
+    """What discovery found, in plain lines (no view, no TensorFlow: `discover` runs without it)."""
+    groups = found.get("discovered") or []
+    significant = [g for g in groups if g.get("significant")]
+    print(f"{out}: {len(groups)} discovered groups, {len(significant)} significant (q < 0.05, gap interval off zero)")
+    for g in significant[:5]:
+        print(f"  {g['method']} {g['group']}: {g.get('description', '')} "
+              f"(accuracy {g['accuracy']:.3f} vs {g['rest_accuracy']:.3f}, q {g['q_value']:.2g})")
+    for note in (found.get("discovery") or {}).get("notes") or []:
+        print(f"  note: {note}")
+
+
+def cmd_discover(args) -> None:
+    from audit.engine.discovery import rediscover
+    from audit.store import schema
+
+    out = Path(args.store)
+    found = rediscover(out)
+    _discovery_summary(found, out)
+    if (schema.read_manifest_file(out) or {}).get("tensorboard") == schema.TENSORBOARD_WRITTEN:
+        print(f"TensorBoard logs were written before this pass; to refresh them: keras-audit tensorboard {out}")
+
+
+def _indices(text: str) -> list[int]:
+    """``--indices 3,17,40``: example indices, whole numbers from 0."""
+    parts = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not parts or not all(t.isdigit() for t in parts):
+        raise argparse.ArgumentTypeError(f"must be example indices separated by commas, such as 3,17,40; got {text!r}")
+    return [int(t) for t in parts]
+
+
+def _explain_targets(args) -> list[int]:
+    """The examples `keras-audit explain` was asked for: --indices, every mistake, or one slice."""
+    from audit.store.reader import Reader
+
+    if args.indices is not None:
+        return args.indices
+    run = Reader(args.store)
+    if args.mistakes:
+        return run.predictions["index"][~run.predictions["correct"]].tolist()
+    column, eq, value = args.slice.partition("=")
+    if not eq or not column.strip():
+        raise AuditError(f"--slice must be COLUMN=VALUE, such as cue_agrees=no; received {args.slice!r}")
+    return run.slice_rows(column.strip(), value.strip()).tolist()
+
+
+def cmd_explain(args) -> None:
+    from audit.pipeline import explain_more
+    from audit.store.reader import Reader
+
+    wanted = _explain_targets(args)
+    if not wanted:
+        print(f"{args.store}: no examples to explain (the run has no mistakes)")
+        return
+    added = explain_more(args.store, wanted, progress=not args.quiet)
+    total = len(Reader(args.store).heatmap_index)
+    if not added.size:
+        print(f"{args.store}: all {len(wanted)} examples asked for already have maps ({total} explained)")
+        return
+    shown = ", ".join(map(str, added[:10].tolist())) + (", ..." if len(added) > 10 else "")
+    print(f"{args.store}: maps added for {len(added)} examples ({shown}); {total} explained; "
+          "discoveries and TensorBoard logs redone")
 
 
 def cmd_report(args) -> None:
@@ -236,6 +336,9 @@ def cmd_tensorboard(args) -> None:
     from audit.store import schema
 
     store = Path(args.store)
+    if args.run is not None and args.logdir is None:
+        raise AuditError("--run names a run in another log folder: pass --logdir too (inside the store, "
+                         "the run is named after the model)")
     if args.logdir is None and schema.is_marked(schema.read_manifest_file(store)):
         from audit.pipeline import rewrite_tensorboard
 
@@ -243,7 +346,7 @@ def cmd_tensorboard(args) -> None:
         return
     from audit.views.tensorboard import export
 
-    print(export(store, Path(args.logdir) if args.logdir else None))
+    print(export(store, Path(args.logdir) if args.logdir else None, name=args.run))
 
 
 def prepare_comparison(store_a: Path, store_b: Path) -> None:
@@ -310,7 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow models whose loading can run code (Lambda or TFSMLayer layers, "
                         "any TensorFlow SavedModel); only for trusted files")
     _add_run_options(p)
+    _add_scale_options(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("merge", help="combine the stores of `run --shard i/n` into one store")
+    p.add_argument("out", help="results store directory to write")
+    p.add_argument("shards", nargs="+", metavar="SHARD_OUT", help="the shard stores, every share once")
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("layers", help="list MODEL's layers for Grad-CAM and activations (--layer), and the default")
     p.add_argument("model", help=".keras / .h5 file (a SavedModel exposes no layers)")
@@ -322,7 +433,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="audit_demo", help="results store directory (default: audit_demo)")
     p.add_argument("--resume", action="store_true")
     _add_run_options(p)
-    p.set_defaults(func=cmd_demo, explain_limit=120)
+    # 200 maps: the quota per class and confusion cell (audit.engine.selection) plus every one of the
+    # sample's 102 mistakes, for any --seed (120 left 29 mistakes without a map).
+    p.set_defaults(func=cmd_demo, explain_limit=200)
+
+    p = sub.add_parser("discover", help="recompute discovered groups of a finished store (no TensorFlow needed)")
+    p.add_argument("store", help="results store directory")
+    p.set_defaults(func=cmd_discover)
+
+    p = sub.add_parser("explain", help="add maps for chosen examples to a finished store (a saved follow-up run)")
+    p.add_argument("store", help="results store directory")
+    chosen = p.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--indices", type=_indices, help="example indices, such as 3,17,40")
+    chosen.add_argument("--mistakes", action="store_true", help="every mistake without a map")
+    chosen.add_argument("--slice", metavar="COLUMN=VALUE", help="every example of one slice, such as cue_agrees=no")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("report", help="write a Markdown or self-contained HTML report of a run")
     p.add_argument("store")
@@ -339,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tensorboard", help="(re)write TensorBoard logs from a results store")
     p.add_argument("store")
-    p.add_argument("--logdir", help="where to write (default: OUT/tensorboard)")
+    p.add_argument("--logdir", help="TensorBoard's log folder (default: OUT/tensorboard); the run is a folder in it")
+    p.add_argument("--run", help="the run's name (default: the model file's name without extension)")
     p.set_defaults(func=cmd_tensorboard)
 
     p = sub.add_parser("app", help="browse runs in the Streamlit app")

@@ -1,11 +1,26 @@
-"""Prediction pass of an audit run vs a bare compiled ``model(x)`` loop, and peak memory.
+"""Prediction phase of an audit run vs Keras' own pipeline and a bare ``model(x)`` loop, and peak memory.
 
-    python benchmarks/bench_predict.py [--n 2000] [--mem 1000,10000]
+    python benchmarks/bench_predict.py [--n 6000] [--repeat 3] [--size 64] [--mem 1000,10000 | none]
 
-Prints images/s of both on the same images (the audit's pass includes PNG
-decoding, resizing, built-in annotations, and writing probabilities, stored
-images and embeddings to disk), their ratio, and the peak resident memory of a
-whole ``keras-audit run`` (predictions only) on 1k vs 10k images.
+On ``--n`` PNGs of the bundled shapes data (copies of ``sample_models/shapes_eval``, in a
+temporary folder; ``--size`` other than 64 resamples them, so the pipeline must resize),
+prints images/s, side by side in one process, of
+
+* Keras' own pipeline, what a user would write instead of an audit:
+  ``keras.utils.image_dataset_from_directory(DATA, image_size=..., shuffle=False)`` then
+  ``model.predict``: parallel PNG decode and resize, probabilities kept in memory;
+* the audit's prediction phase (``audit.engine.predict.predict``): the same decode, the
+  resize, the built-in annotations of each original image, the forward pass with the
+  penultimate features, and probabilities, stored images, embeddings and annotations written
+  to the store, synced (fdatasync) after every batch;
+
+and their ratio. The two alternate ``--repeat`` times (model loaded and traced afresh each
+time, outside the timer for neither: both rates include the first trace) and each keeps its
+best, so a machine shared with other work slows both alike. Then the two input pipelines
+alone (no model): on 2 cores the phase is CPU-bound, and CPU per image is where the audit's
+pipeline (annotations, stored copy) costs more than Keras'. Then a bare compiled
+``model(x)`` on decoded arrays, and the peak resident memory of a whole ``keras-audit run``
+(predictions only) on 1k vs 10k images.
 """
 
 from __future__ import annotations
@@ -22,10 +37,19 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "sample_models" / "shapes_bias.keras"
+sys.path.append(str(REPO))  # after PYTHONPATH, so PYTHONPATH=<another tree> times that version
 
 
-def make_images(root: Path, n: int) -> Path:
-    """n PNGs in 3 class folders, reusing the sample's eval images cyclically."""
+def timed(count, work) -> tuple[float, float]:
+    """(images/s of wall time, CPU microseconds per image of this process, all threads) of ``work()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    n = count(work())
+    return n / (time.perf_counter() - wall), (time.process_time() - cpu) / n * 1e6
+
+
+def make_images(root: Path, n: int, size: int = 64) -> Path:
+    """n PNGs in 3 class folders, reusing the sample's eval images cyclically (resampled to
+    ``size`` px when that is not their own 64)."""
     from PIL import Image
 
     sources = sorted((REPO / "sample_models" / "shapes_eval").rglob("*.png"))
@@ -34,12 +58,48 @@ def make_images(root: Path, n: int) -> Path:
         d = root / src.parent.name
         d.mkdir(parents=True, exist_ok=True)
         target = d / f"{i:06d}.png"
-        if not target.exists():
-            os.link(src, target) if hasattr(os, "link") else Image.open(src).save(target)
+        if target.exists():
+            continue
+        if size != 64:
+            Image.open(src).resize((size, size), Image.Resampling.BICUBIC).save(target)
+        elif hasattr(os, "link"):
+            os.link(src, target)
+        else:
+            Image.open(src).save(target)
     return root
 
 
-def bare_loop(data: Path, batch: int) -> float:
+def keras_pipeline(data: Path, batch: int) -> tuple[float, float]:
+    """:func:`timed` of ``image_dataset_from_directory`` + ``model.predict`` (fresh model: traced in the timer)."""
+    import keras
+
+    model = keras.models.load_model(MODEL)
+    ds = keras.utils.image_dataset_from_directory(
+        data, image_size=model.input_shape[1:3], batch_size=batch, shuffle=False, verbose=False)
+    return timed(len, lambda: model.predict(ds, verbose=0))
+
+
+def pipelines_alone(data: Path, batch: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """:func:`timed` of iterating Keras' dataset and the audit's batches, without a model."""
+    import keras
+
+    from audit.engine import AuditOptions
+    from audit.engine.session import Session
+
+    ds = keras.utils.image_dataset_from_directory(data, image_size=(64, 64), batch_size=batch, shuffle=False,
+                                                  verbose=False)
+    keras_rate = timed(lambda n: n, lambda: sum(len(x) for x, _ in ds.as_numpy_iterator()))
+    with tempfile.TemporaryDirectory() as out:
+        options = AuditOptions(batch_size=batch, explain=(), tensorboard=False)
+        s = Session(MODEL, data, Path(out) / "o", None, options, resume=False, progress=False)
+        try:
+            batches = s.dataset.batches(s.model.input_shape, s.shape, batch_size=batch, preprocessing=s.preprocessing)
+            return keras_rate, timed(lambda n: n, lambda: sum(len(b.index) for b in batches))
+        finally:
+            s.close()
+
+
+def bare_loop(data: Path, batch: int) -> tuple[float, float]:
     import keras
     import tensorflow as tf
     from PIL import Image
@@ -48,7 +108,7 @@ def bare_loop(data: Path, batch: int) -> float:
     model = keras.models.load_model(MODEL)
     fn = tf.function(lambda t: model(t, training=False))
     start = time.perf_counter()
-    x = np.stack([np.asarray(Image.open(f), np.float32) for f in files])
+    x = np.stack([np.asarray(Image.open(f).resize((64, 64)), np.float32) for f in files])
     decoded = time.perf_counter()
     fn(x[:batch])
     start_model = time.perf_counter()
@@ -58,7 +118,8 @@ def bare_loop(data: Path, batch: int) -> float:
     return len(x) / (end - start_model), len(x) / (decoded - start + end - start_model)
 
 
-def audit_pass(data: Path, batch: int) -> float:
+def audit_pass(data: Path, batch: int) -> tuple[float, float]:
+    """:func:`timed` of the audit's prediction phase into a fresh store (model traced in the timer)."""
     from audit.engine import AuditOptions
     from audit.engine.predict import predict
     from audit.engine.session import Session
@@ -67,9 +128,7 @@ def audit_pass(data: Path, batch: int) -> float:
         options = AuditOptions(batch_size=batch, explain=(), tensorboard=False)
         session = Session(MODEL, data, Path(out) / "o", None, options, resume=False, progress=False)
         try:
-            start = time.perf_counter()
-            predict(session)
-            return session.dataset.count / (time.perf_counter() - start)
+            return timed(lambda _: session.dataset.count, lambda: predict(session))
         finally:
             session.close()
 
@@ -89,22 +148,47 @@ def peak_rss_mb(data: Path) -> float:
     return int(done.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB
 
 
+def side_by_side(data: Path, batch: int, repeat: int) -> list[tuple[float, float]]:
+    """Best (img/s, CPU us/img) of Keras' pipeline and of the audit's prediction phase, run alternately."""
+    runs: list[list[tuple[float, float]]] = [[], []]
+    for k in range(repeat):
+        for kind, measure in enumerate((keras_pipeline, audit_pass)):
+            runs[kind].append(measure(data, batch))
+        (kr, kc), (ar, ac) = runs[0][-1], runs[1][-1]
+        print(f"  round {k + 1}: keras {kr:6.0f} img/s {kc:5.0f} CPU us/img, "
+              f"audit {ar:6.0f} img/s {ac:5.0f} CPU us/img", flush=True)
+    return [(max(r for r, _ in kind), min(c for _, c in kind)) for kind in runs]
+
+
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--n", type=int, default=6000)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--mem", default="1000,10000", help="image counts for the memory comparison")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--size", type=int, default=64, help="side of the PNGs (the model takes 64x64)")
+    p.add_argument("--mem", default="1000,10000", help="image counts for the memory comparison, or none")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data = make_images(Path(tmp) / "speed", args.n)
+        data = make_images(Path(tmp) / "speed", args.n, args.size)
+        print(f"images: {args.n} ({args.size}x{args.size}x3 PNG, model input 64x64x3), batch {args.batch}, "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+        (keras_rate, keras_cpu), (ours, our_cpu) = side_by_side(data, args.batch, args.repeat)
+        print(f"Keras image_dataset_from_directory + model.predict: {keras_rate:6.0f} img/s, "
+              f"{keras_cpu:5.0f} CPU us/img (best of {args.repeat})")
+        print(f"audit prediction phase (decode+resize+annotate+write): {ours:3.0f} img/s, "
+              f"{our_cpu:5.0f} CPU us/img (best of {args.repeat})")
+        print(f"ratio audit / Keras pipeline: {ours / keras_rate:.2f}x img/s; "
+              f"CPU per image {our_cpu / keras_cpu:.2f}x Keras'")
+        alone = [pipelines_alone(data, args.batch) for _ in range(2)]  # each kind's best of 2
+        (kp, kpc), (ap, apc) = max(k for k, _ in alone), max(a for _, a in alone)
+        print(f"input pipelines alone, no model: Keras {kp:6.0f} img/s {kpc:4.0f} CPU us/img, "
+              f"audit {ap:6.0f} img/s {apc:4.0f} CPU us/img")
         bare, with_decode = bare_loop(data, args.batch)
-        ours = audit_pass(data, args.batch)
-        print(f"images: {args.n} (64x64x3 PNG), batch {args.batch}")
         print(f"bare compiled model(x) on decoded arrays:     {bare:8.0f} img/s")
         print(f"bare loop incl. PIL decode of the files:      {with_decode:8.0f} img/s")
-        print(f"audit prediction pass (decode+resize+write):  {ours:8.0f} img/s   "
-              f"ratio {ours / bare:.2f}x model-only, {ours / with_decode:.2f}x decode+model")
+        if args.mem == "none":
+            return
         sizes = [int(s) for s in args.mem.split(",")]
         peaks = [peak_rss_mb(make_images(Path(tmp) / f"mem{n}", n)) for n in sizes]
         for n, peak in zip(sizes, peaks):

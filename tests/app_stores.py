@@ -165,6 +165,128 @@ def _choose_explained(frame: pd.DataFrame, limit: int, rng: np.random.Generator)
     return np.sort(np.concatenate([wrong.to_numpy(), fill])).astype(np.int64)
 
 
+# -- discovery (what audit.engine.discovery writes; drawn here from the planted truth) -------------
+_CELLS = ("top-left", "top", "top-right", "left", "centre", "right", "bottom-left", "bottom", "bottom-right")
+
+
+def _attention(mean_map: np.ndarray) -> dict:
+    """3x3 mass shares (row 0 top), the outer band's share and the heaviest cell of one mean map."""
+    h, w = mean_map.shape
+    total = float(mean_map.sum()) or 1.0
+    rows, cols = np.array_split(np.arange(h), 3), np.array_split(np.arange(w), 3)
+    grid = [[float(mean_map[np.ix_(r, c)].sum() / total) for c in cols] for r in rows]
+    band = max(1, round(min(h, w) * 0.15))
+    inner = float(mean_map[band:h - band, band:w - band].sum()) / total
+    top = int(np.argmax(np.array(grid).ravel()))
+    return {"method": "gradcam", "grid": grid, "border": 1.0 - inner, "top_cell": _CELLS[top]}
+
+
+def _group_stats(correct: np.ndarray, inside: np.ndarray) -> dict:
+    """Accuracy inside vs outside, Wilson and Newcombe intervals (as slices), Fisher's exact p."""
+    from scipy.stats import fisher_exact
+
+    from audit.metrics.intervals import newcombe_difference, wilson
+
+    k1, n1 = int(correct[inside].sum()), int(inside.sum())
+    k2, n2 = int(correct[~inside].sum()), int((~inside).sum())
+    lo, hi = wilson(k1, n1)
+    glo, ghi = newcombe_difference(k1, n1, k2, n2)
+    p = float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]])[1])
+    return {"n": n1, "errors": n1 - k1, "accuracy": k1 / n1, "accuracy_ci": [float(lo), float(hi)],
+            "rest_accuracy": k2 / n2, "gap": k1 / n1 - k2 / n2, "gap_ci": [float(glo), float(ghi)], "p_value": p}
+
+
+def _bh(p: np.ndarray) -> np.ndarray:
+    order = np.argsort(p)
+    ranked = p[order] * len(p) / np.arange(1, len(p) + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty_like(q)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+def discovery_data(frame: pd.DataFrame, chosen: np.ndarray, gradcam: np.ndarray, *, min_slice_size: int = 30):
+    """Discovery of the planted truth: ``found_errors`` (0: cue-marked triangles, the planted error
+    slice; 1: squares on light backgrounds; null elsewhere), ``found_strategy`` over explained circle
+    predictions (0: cue marked, the maps on the corner; 1: no cue), one search group
+    (cue_agrees = no & background = dark).
+    Returns (columns, metrics additions, {relpath: mean map})."""
+    n = len(frame)
+    correct = frame["correct"].to_numpy(bool)
+    cue, labels = (frame["cue"] == "present").to_numpy(bool), frame["label"].to_numpy()
+    dark = (frame["background"] == "dark").to_numpy(bool)
+    errors = np.where(cue & (labels == 2), 0, np.where((labels == 1) & ~dark, 1, -1))
+    strategy = np.full(n, -1)
+    circle = chosen[frame["pred"].to_numpy()[chosen] == 0]
+    strategy[circle] = np.where(cue[circle], 0, 1)
+    search = ((frame["cue_agrees"] == "no") & (frame["background"] == "dark")).to_numpy(bool)
+    row_of = {int(i): r for r, i in enumerate(chosen)}
+    groups, maps = [], {}
+    members = [("errors", g, errors == g, None) for g in (0, 1)]
+    members += [("strategy", g, strategy == g, "circle") for g in (0, 1)]
+    members += [("search", 0, search, None)]
+    for method, g, inside, cls in members:
+        explained = [row_of[int(i)] for i in np.flatnonzero(inside) if int(i) in row_of]
+        entry = {"method": method, "group": g, **_group_stats(correct, inside), "predicted_class": cls,
+                 "predicate": {"cue_agrees": "no", "background": "dark"} if method == "search" else None,
+                 "attention": None, "heatmap": None}
+        if explained:
+            mean = gradcam[explained].astype(np.float32).mean(0)
+            entry["heatmap"] = schema.discovered_heatmap_file(method, g)
+            entry["attention"] = _attention(mean)
+            maps[entry["heatmap"]] = mean
+        groups.append(entry)
+    for method in schema.DISCOVERY_METHODS:
+        mine = [e for e in groups if e["method"] == method]
+        for e, q in zip(mine, _bh(np.array([e["p_value"] for e in mine]))):
+            e["q_value"] = float(q)
+            e["significant"] = bool(q < 0.05 and (e["gap_ci"][0] > 0 or e["gap_ci"][1] < 0)
+                                    and e["n"] >= min_slice_size)
+    words = {("errors", 0): "triangles with the corner mark", ("errors", 1): "squares on light backgrounds",
+             ("strategy", 0): "'circle' predictions looking at the top-left corner",
+             ("strategy", 1): "'circle' predictions looking at the shape",
+             ("search", 0): "cue_agrees = no & background = dark"}
+    for e in groups:
+        e["description"] = f"{e['n']} examples: {words[e['method'], e['group']]}"
+    groups.sort(key=lambda e: (e["q_value"], e["gap"]))
+    attention = _class_attention(frame, chosen, gradcam, maps)
+    attention += [{"scope": "group", "name": f"{e['method']} {e['group']}", "n": e["n"], **e["attention"],
+                   "flag": _flag(f"group {e['method']} {e['group']}", e["attention"]), "heatmap": e["heatmap"]}
+                  for e in groups if e["attention"]]
+    columns = {
+        "found_errors": pd.array(np.where(errors < 0, None, errors), dtype="Int64"),
+        "found_strategy": pd.array(np.where(strategy < 0, None, strategy), dtype="Int64"),
+    }
+    notes = [f"class {CLASSES[k]!r}: {int((frame['pred'].to_numpy()[chosen] == k).sum())} maps, too few to cluster "
+             "(need 12)" for k in (1, 2) if (frame["pred"].to_numpy()[chosen] == k).sum() < 12]
+    section = {"methods": {"errors": {"k": 2, "criterion": "planted"}, "strategy": {"k": {"circle": 2}},
+                           "search": {"max_level": 3}}, "notes": notes}
+    return columns, {"discovered": groups, "attention": attention, "discovery": section}, maps
+
+
+def _class_attention(frame: pd.DataFrame, chosen: np.ndarray, gradcam: np.ndarray, maps: dict) -> list[dict]:
+    pred = frame["pred"].to_numpy()[chosen]
+    out = []
+    for k, name in enumerate(CLASSES):
+        rows = np.flatnonzero(pred == k)
+        if not len(rows):
+            continue
+        mean = gradcam[rows].astype(np.float32).mean(0)
+        att = _attention(mean)
+        rel = f"{schema.DISCOVERED_DIR}/class_{k}.npy"
+        maps[rel] = mean
+        out.append({"scope": "class", "name": name, "n": int(len(rows)), **att,
+                    "flag": _flag(f"{name!r} predictions", att), "heatmap": rel})
+    return out
+
+
+def _flag(who: str, att: dict) -> str | None:
+    share = max(max(r) for r in att["grid"])
+    if att["top_cell"] == "centre":
+        return None
+    return f"{who} put {share:.0%} of Grad-CAM mass in the {att['top_cell']} cell"
+
+
 def build_store(out: str | Path, *, n: int = 600, explained: int = 40, size: int = 64, seed: int = 0,
                 bootstrap: int = 100, name: str = "shapes_synthetic") -> Path:
     """Write a complete synthetic planted-bias run of ``n`` examples to ``out``; returns ``out``."""
@@ -188,19 +310,26 @@ def build_store(out: str | Path, *, n: int = 600, explained: int = 40, size: int
     maps = _heatmaps(rng, chosen, centres, cue, pred, size)
     acts = _activations(images[chosen], maps["gradcam"], rng)
     metrics = compute_metrics(frame, list(CLASSES), bootstrap=bootstrap, seed=seed)
-    _write(Path(out), frame, metrics, images, chosen, maps, acts, rng, name=name, n=n, size=size,
+    columns, found, found_maps = discovery_data(frame, chosen, maps["gradcam"])
+    frame = frame.assign(**columns)
+    metrics.update(found)  # type: ignore[typeddict-item]
+    _write(Path(out), frame, metrics, images, chosen, {**maps, **found_maps}, acts, rng, name=name, n=n, size=size,
            bootstrap=bootstrap, seed=seed)
     return Path(out)
 
 
-def _write(out: Path, frame, metrics, images, chosen, maps, acts, rng, *, name, n, size, bootstrap, seed) -> None:
+def _write(out: Path, frame, metrics, images, chosen, maps, acts, rng, *, name, n, size, bootstrap, seed,
+           classes=CLASSES) -> None:
     w = StoreWriter(out)
     w.write_manifest({"complete": False})
     save_npy(out / schema.IMAGES, images)
     (out / schema.HEATMAP_DIR).mkdir(exist_ok=True)
     save_npy(out / schema.HEATMAP_INDEX, chosen)
-    for method, arr in maps.items():
-        save_npy(out / schema.heatmap_file(method), arr)
+    for method, arr in maps.items():  # explainers' maps, and discovery's mean maps by their path
+        rel = method if method.startswith(schema.DISCOVERED_DIR + "/") else schema.heatmap_file(method)
+        (out / rel).parent.mkdir(exist_ok=True)
+        w.own(rel)
+        save_npy(out / rel, arr)
     (out / schema.ACTIVATION_DIR).mkdir(exist_ok=True)
     for layer, arr in acts.items():
         save_npy(out / schema.activation_file(layer), arr)
@@ -209,20 +338,21 @@ def _write(out: Path, frame, metrics, images, chosen, maps, acts, rng, *, name, 
     w.write_predictions(frame)
     w.write_metrics(metrics)
     w.write_slices(slice_membership(frame, metrics))
-    w.finish(_manifest(name, n, size, len(chosen), bootstrap, seed))
+    w.finish(_manifest(name, n, size, len(chosen), bootstrap, seed, classes))
 
 
-def _manifest(name: str, n: int, size: int, explained: int, bootstrap: int, seed: int) -> dict:
+def _manifest(name: str, n: int, size: int, explained: int, bootstrap: int, seed: int,
+              classes=CLASSES) -> dict:
     return {
         "model": {"path": f"/models/{name}.keras", "name": name, "sha256": "0" * 64, "format": "keras",
-                  "input_shape": [size, size, 3], "num_classes": len(CLASSES), "output_kind": "softmax",
+                  "input_shape": [size, size, 3], "num_classes": len(classes), "output_kind": "softmax",
                   "softmax_applied": False},
         "dataset": {"source": "/data/shapes_eval", "kind": "folders", "count": n,
                     "annotations": {"path": "/data/shapes_annotations.csv",
                                     "columns": ["cue", "cue_agrees", "background"],
                                     "missing_rows": 0, "extra_rows": 0},
                     "skipped": [], "readable": n},
-        "class_names": list(CLASSES),
+        "class_names": list(classes),
         "options": {"batch_size": 64, "explain": [*METHODS, "activations"], "explain_limit": explained,
                     "bootstrap": bootstrap, "min_slice_size": 30, "seed": seed, "tensorboard": False},
         "stored_image_shape": [size, size],
@@ -272,6 +402,33 @@ def variant_store(source: str | Path, out: str | Path, *, seed: int = 1, name: s
     write_parquet(out / schema.SLICES, slice_membership(frame, metrics))
     write_json(out / schema.MANIFEST, manifest)
     return out
+
+
+BINARY_CLASSES = ("no defect", "defect on the part")  # long names: legends must show them whole
+
+
+def binary_store(out: str | Path, *, n: int = 300, size: int = 32, seed: int = 3, bootstrap: int = 50,
+                 name: str = "defects_binary") -> Path:
+    """A two-class run: defects (class 1, a square on the part) are missed more on dark backgrounds."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.35).astype(np.int64)
+    dark = rng.random(n) < 0.5
+    no_cue = np.zeros(n, bool)
+    images, centres = _images(rng, labels, dark, no_cue, size)
+    score = np.where(labels == 1, rng.beta(6, 2, n) - 0.25 * dark, rng.beta(2, 6, n))
+    score = np.clip(score, 0.01, 0.99)
+    probs = np.stack([1 - score, score], 1).astype(np.float32)
+    pred = (probs[:, 1] >= 0.5).astype(np.int64)
+    annotations = {"background": pd.array(np.where(dark, "dark", "light"), dtype="string")}
+    paths = [f"{BINARY_CLASSES[k].replace(' ', '_')}/{i:05d}.png" for i, k in enumerate(labels)]
+    frame = _table(labels, pred, probs, annotations, paths)
+    chosen = np.arange(0, n, max(1, n // 12))[:12].astype(np.int64)
+    maps = _heatmaps(rng, chosen, centres, no_cue, pred, size)
+    acts = _activations(images[chosen], maps["gradcam"], rng)
+    metrics = compute_metrics(frame, list(BINARY_CLASSES), bootstrap=bootstrap, seed=seed)
+    _write(Path(out), frame, metrics, images, chosen, maps, acts, rng, name=name, n=n, size=size,
+           bootstrap=bootstrap, seed=seed, classes=BINARY_CLASSES)
+    return Path(out)
 
 
 def broken_stores(root: str | Path, complete_store: str | Path) -> dict[str, Path]:

@@ -9,34 +9,21 @@ Screenshots go to the test's tmp dir and are copied to ``/tmp/app_screens/``.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import free_port, stop
+import browser
+from browser import DRAWN, WAIT_MS, healthy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import app_stores
 from audit.store import schema
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 SCREENS = Path("/tmp/app_screens")
-WAIT_MS = 90_000  # the cores are shared: a rerun can take tens of seconds
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -47,40 +34,19 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(store, tmp_path_factory):
     """``keras-audit app STORE --port P`` for this module's tests; stopped by its process id."""
-    cli = shutil.which("keras-audit")
-    if cli is None:
-        pytest.fail("the keras-audit command is not on PATH; install the package (pip install -e '.[test]')")
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([cli, "app", str(store), "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while not _healthy(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"keras-audit app did not come up on port {port} (exit {proc.poll()}):\n"
-                            + log.read_text()[-3000:])
-            time.sleep(0.5)
+    with browser.serve([store], log) as url:
+        port = int(url.rsplit(":", 1)[1])
         yield port
-    finally:
-        stop(proc, timeout=30)
     # The launcher passes the signal on: nothing may keep serving the port.
     deadline = time.monotonic() + 20
-    while _healthy(port) and time.monotonic() < deadline:
+    while healthy(port) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _healthy(port), "the Streamlit server outlived the keras-audit process"
-
-
-# Streamlit is done when no rerun is running, every image has loaded and every
-# chart and table has drawn (they load lazily and show a placeholder first).
-_DRAWN = """() => !document.querySelector('[data-testid="stStatusWidget"], [data-testid="stSkeleton"]')
-    && [...document.querySelectorAll('[data-testid="stImage"] img')].every(i => i.complete && i.naturalWidth > 0)
-    && [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].every(e => e.querySelector('svg, canvas'))
-    && [...document.querySelectorAll('[data-testid="stDataFrame"]')].every(e => e.querySelector('canvas'))"""
+    assert not healthy(port), "the Streamlit server outlived the keras-audit process"
 
 
 def _settle(page) -> None:
-    page.wait_for_function(_DRAWN, timeout=WAIT_MS)
+    page.wait_for_function(DRAWN, timeout=WAIT_MS)
 
 
 def _shoot(page, tmp_path: Path, name: str) -> Path:
@@ -93,20 +59,8 @@ def _shoot(page, tmp_path: Path, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def chromium():
-    if not CHROMIUM.is_file():
-        pytest.fail(f"Debian's Chromium is not installed at {CHROMIUM}; run .ci/run "
-                    "(it runs: apt-get install -y chromium) and try again")
-    try:
-        from playwright.sync_api import expect, sync_playwright
-    except ImportError:
-        pytest.fail("the playwright Python package is missing; run .ci/run (pip install playwright)")
-    expect.set_options(timeout=WAIT_MS)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with browser.chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -309,3 +309,40 @@ def test_display_options_are_checked():
         AuditCallback((xv, yv), preprocess="tff")
     with pytest.raises(AuditError, match="display_fn must be a function"):
         AuditCallback((xv, yv), display_fn="tf")
+
+
+# -- the fixed sample: every class shown ------------------------------------------------------------
+def _ten_class_pipeline(labels: np.ndarray, sample_size: int = 16):
+    from audit.engine.live import LiveData, LivePipeline
+
+    inputs = keras.Input((4, 4, 3))
+    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, outputs)
+    # Each image carries its position, so the sample says which examples it holds.
+    x = np.broadcast_to(np.arange(len(labels), dtype=np.float32)[:, None, None, None], (len(labels), 4, 4, 3)).copy()
+    live = LivePipeline.build(model, LiveData((x, labels)), class_names=None, batch_size=7, sample_size=sample_size)
+    live.predict_all()
+    return live.fixed_x[:, 0, 0, 0].astype(int), live.fixed_y
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_sample_of_16_covers_all_10_classes(order):
+    labels = np.repeat(np.arange(10), 5)  # 5 of each class, class 0 first: a fixed quota of 2 fills up by class 7
+    if order == "shuffled":
+        labels = np.random.default_rng(4).permutation(labels)
+    rows, classes = _ten_class_pipeline(labels)
+    assert len(rows) == 16 and set(classes) == set(range(10))
+    np.testing.assert_array_equal(labels[rows], classes)
+    counts = np.bincount(classes, minlength=10)
+    assert counts.max() - counts.min() <= 1  # as even as 16 over 10 allows: six classes twice, four once
+    for k in range(10):  # each class shows its first images, in data order
+        np.testing.assert_array_equal(rows[classes == k], np.flatnonzero(labels == k)[: counts[k]])
+    again, _ = _ten_class_pipeline(labels)
+    np.testing.assert_array_equal(rows, again)  # deterministic
+
+
+def test_sample_fills_up_from_the_classes_that_have_more():
+    labels = np.array([3] * 12 + [7] * 2 + [0] * 1)  # class 3 arrives first and would take the whole sample
+    rows, classes = _ten_class_pipeline(labels, sample_size=8)
+    assert dict(zip(*np.unique(classes, return_counts=True))) == {0: 1, 3: 5, 7: 2}
+    np.testing.assert_array_equal(rows[classes == 3], np.arange(5))

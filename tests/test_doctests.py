@@ -24,6 +24,10 @@ from conftest import REPO
 PACKAGE = REPO / "audit"
 RUNNABLE = [
     "audit",
+    "audit.discover.attention",
+    "audit.discover.fdr",
+    "audit.engine.selection",
+    "audit.engine.shard",
     "audit.errors",
     "audit.explain.activations",
     "audit.explain.base",
@@ -35,10 +39,14 @@ RUNNABLE = [
     "audit.explain.scorecam",
     "audit.metrics.intervals",
     "audit.pipeline",
+    "audit.progress",
     "audit.viz",
+    "audit.views.findings",
     "audit.views.format",
+    "audit.views.tensorboard",
     "audit.views.app.example_filter",
     "audit.views.app.operating_point",
+    "audit.views.app.store_cache",
     "audit.wit",
 ]
 # Streamlit scripts: importing one runs the page, so their examples are neither run nor resolved.

@@ -119,6 +119,74 @@ def test_skipped_files_say_why(tmp_path):
     assert all("\n" not in r and "[Op:" not in r and "function_node" not in r for r in reasons.values())
 
 
+def _one_image_oracle(pixels: np.ndarray, size, channels, stored_shape, prep):
+    """The input pipeline as it was before batching (issue 13), one image at a time, eagerly:
+    model input, stored copy and built-in annotations, which the batched pipeline must match bit
+    for bit (a store written before and after that change must be byte-identical)."""
+    import tensorflow as tf
+
+    img = tf.cast(tf.constant(pixels), tf.float32)[..., :3]
+    img = img[..., :1] if img.shape[-1] == 2 else img
+    rgb = tf.image.grayscale_to_rgb(img) if img.shape[-1] == 1 else img
+    hw = tf.cast(tf.shape(rgb)[:2], tf.float32)
+    grey = tf.image.rgb_to_grayscale(rgb)
+    builtin = tf.stack([hw[1] / hw[0], tf.sqrt(hw[0] * hw[1]), tf.reduce_mean(grey) / 255.0,
+                        tf.math.reduce_std(grey) / 255.0])
+    resized = prep.geometry(rgb, size, size)
+    x = prep.apply(tf.image.rgb_to_grayscale(resized) if channels == 1 else resized)
+    stored = tf.cast(tf.clip_by_value(tf.round(prep.geometry(rgb, stored_shape, size)), 0, 255), tf.uint8)
+    return x.numpy(), stored.numpy(), builtin.numpy()
+
+
+@pytest.mark.parametrize("resize", ["stretch", "pad", "crop"])
+def test_batched_pipeline_gives_the_bits_of_one_image_at_a_time(tmp_path, resize):
+    """Images of the model's size (whose annotations are computed for the whole batch) among
+    others, in every mode, with a stored copy at the input's size and at a smaller one, for
+    three- and one-channel models; at an odd size and at one whose pixel count passes 1024."""
+    from PIL import Image
+
+    from audit.io.preprocess import preset
+
+    rng = np.random.default_rng(5)
+    modes = ["RGB", "L", "LA", "RGBA", "RGB", "RGB"]
+    prep = preset("caffe", resize)  # BGR, per-channel mean: every arithmetic op
+    for model_size, other in (((12, 10), [(7, 15), (24, 20)]), ((45, 47), [(30, 9)])):
+        root = tmp_path / f"{model_size[0]}"
+        (root / "a").mkdir(parents=True)
+        sizes, originals = [model_size, model_size, *other], []
+        for i in range(11):
+            h, w = sizes[i % len(sizes)] if i < 8 else model_size  # the last batch: model's size only
+            mode = modes[i % len(modes)]
+            pixels = rng.integers(0, 256, (h, w, len(mode)), dtype=np.uint8)
+            originals.append(pixels)
+            Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode).save(root / "a" / f"{i:02d}.png")
+        ds = open_dataset(root)
+        half = (model_size[0] // 2, model_size[1] // 2)
+        for shape, stored_shape in (((*model_size, 3), model_size), ((*model_size, 3), half),
+                                    ((*model_size, 1), model_size)):
+            batches = list(ds.batches(shape, stored_shape, batch_size=4, preprocessing=prep))
+            assert np.concatenate([b.index for b in batches]).tolist() == list(range(11))
+            got = [np.concatenate([getattr(b, k) for b in batches]) for k in ("x", "stored", "builtin")]
+            for i, pixels in enumerate(originals):
+                want = _one_image_oracle(pixels, shape[:2], shape[2], stored_shape, prep)
+                for name, g, e in zip(("x", "stored", "builtin"), got, want):
+                    assert g[i].dtype == e.dtype and g[i].tobytes() == e.tobytes(), (name, i, shape, stored_shape)
+
+
+@pytest.mark.parametrize("resize", ["stretch", "pad", "crop"])
+def test_geometry_to_the_own_size_is_the_identity(resize):
+    """Why the pipeline may skip the resize of an image already of the model's size: the
+    antialiased resize then weighs each pixel 1 and its neighbours 0, so every bit stays."""
+    from audit.io.preprocess import Preprocessing
+
+    rng = np.random.default_rng(2)
+    for h, w in ((1, 1), (5, 9), (64, 64), (31, 17)):
+        for pixels in (rng.integers(0, 256, (h, w, 3)), rng.normal(0, 1e3, (h, w, 3))):
+            x = pixels.astype(np.float32)
+            y = np.asarray(Preprocessing(resize=resize).geometry(x, (h, w), (h, w)))
+            assert y.tobytes() == x.tobytes(), (h, w, resize)
+
+
 def test_annotations_by_path_keep_numbers_and_count_gaps(tiny, tmp_path):
     ds = open_dataset(tiny["data"])
     table = pd.read_csv(tiny["annotations"])

@@ -82,16 +82,26 @@ def test_accuracy_interval_is_wilson_and_balanced_interval_is_sane(multi):
     assert hi - lo < 0.1
 
 
-def test_binary_curves_are_the_positive_class(binary):
+def test_binary_curves_are_every_class_positive_first(binary):
     frame, m = binary
     y, _, probs = arrays(frame, 2)
     curves = m["curves"]
     assert curves["positive_class"] == "pos"
-    assert [c["class"] for c in curves["per_class"]] == ["pos"]
+    # The headline (positive) class first, then the negative one, each one-vs-rest on its own probability.
+    assert [(c["class"], c["index"]) for c in curves["per_class"]] == [("pos", 1), ("neg", 0)]
     assert curves["macro"] is None and curves["micro"] is None
-    pos = curves["per_class"][0]
-    assert pos["average_precision"] == pytest.approx(average_precision_score(y == 1, probs[:, 1]))
-    assert pos["roc_auc"] == pytest.approx(roc_auc_score(y == 1, probs[:, 1]))
+    for entry in curves["per_class"]:
+        k = entry["index"]
+        assert entry["positives"] == np.sum(y == k)
+        assert entry["average_precision"] == pytest.approx(average_precision_score(y == k, probs[:, k]))
+        assert entry["roc_auc"] == pytest.approx(roc_auc_score(y == k, probs[:, k]))
+        precision, recall, _ = precision_recall_curve(y == k, probs[:, k])
+        np.testing.assert_allclose(entry["pr"]["precision"], np.round(precision[thin(len(precision))], 6), atol=1e-6)
+        np.testing.assert_allclose(entry["pr"]["recall"], np.round(recall[thin(len(recall))], 6), atol=1e-6)
+        fpr, tpr, _ = roc_curve(y == k, probs[:, k])
+        np.testing.assert_allclose(entry["roc"]["tpr"], np.round(tpr[thin(len(tpr))], 6), atol=1e-6)
+    neg, pos = curves["per_class"][1], curves["per_class"][0]
+    assert neg["average_precision"] != pytest.approx(pos["average_precision"])  # a figure of its own
     assert m["top_k_accuracy"] == {"1": pytest.approx(accuracy_score(y, probs.argmax(1)))}
 
 
@@ -146,6 +156,14 @@ def test_calibration_matches_sklearn_and_hand_ece(multi):
     assert [cal["confidence"][i] for i in filled] == pytest.approx(prob_pred)
     assert all(cal["accuracy"][i] is None for i, n in enumerate(cal["count"]) if n == 0)
     assert sum(cal["count"]) == len(frame)
+    # Each bin's interval is statsmodels' Wilson interval on that bin's hits; empty bins have none.
+    confint = pytest.importorskip("statsmodels.stats.proportion").proportion_confint
+    for i, n in enumerate(cal["count"]):
+        if n == 0:
+            assert cal["accuracy_ci"][i] == [None, None]
+            continue
+        hits = round(cal["accuracy"][i] * n)
+        assert cal["accuracy_ci"][i] == pytest.approx(list(confint(hits, n, method="wilson")), abs=1e-9)
 
     # Hand case: two bins, each with |accuracy - confidence| = 0.45.
     tiny = planted_predictions(4, 2, seed=0, builtins=False)

@@ -143,6 +143,87 @@ def test_resume_after_interrupt_in_predict_phase(tiny, tmp_path, monkeypatch):
     assert_same_store(whole, tmp_path / "cut")
 
 
+def test_writes_behind_the_model_stay_in_order_and_surface_their_errors():
+    """The prediction phase writes each batch in a background thread, one batch behind: jobs run
+    in order, one at a time, each `done` runs in the caller's thread after its job, leaving the
+    block waits for the job in flight, and a failing job is raised at the next batch, after
+    which no later job runs."""
+    import threading
+    import time
+
+    from audit.engine.predict import _WriteBehind
+
+    log, caller = [], threading.get_ident()
+
+    def job(k, fail=False):
+        def run():
+            time.sleep(0.02)  # a slow write: the caller has moved on when it ends
+            log.append(("job", k, threading.get_ident() != caller))
+            if fail:
+                raise KeyboardInterrupt(k)
+        return run
+
+    def done(k):
+        return lambda: log.append(("done", k, threading.get_ident() == caller))
+
+    with _WriteBehind() as writes:
+        for k in range(3):
+            writes.submit(job(k), done(k))
+    assert log == [(what, k, True) for k in range(3) for what in ("job", "done")]
+    log.clear()
+    with pytest.raises(KeyboardInterrupt, match="1"), _WriteBehind() as writes:
+        for k in range(4):
+            writes.submit(job(k, fail=k == 1), done(k))
+    assert log == [("job", 0, True), ("done", 0, True), ("job", 1, True)]
+    log.clear()
+    with pytest.raises(ValueError, match="first"), _WriteBehind() as writes:
+        writes.submit(job(0, fail=True), done(0))
+        raise ValueError("first")  # the error already leaving the block wins over the write's
+    assert log == [("job", 0, True)]
+
+
+def test_batches_produced_ahead_keep_order_surface_errors_and_stop_on_close():
+    """The prediction phase reads batches in a background thread, at most `depth` ahead: items
+    come out in order, made in another thread; an error raised while producing is raised in the
+    consumer (the same object, so the same one-line message) after the items before it; and
+    leaving the loop early stops the producer and closes its iterator, in its thread, having
+    made no more than the queue holds."""
+    import threading
+    import time
+
+    from audit.engine.predict import _Ahead
+
+    caller, made, closed = threading.get_ident(), [], []
+
+    def items(n, fail_at=None):
+        try:
+            for k in range(n):
+                if k == fail_at:
+                    raise ValueError(f"cannot decode item {k}")
+                made.append(k)
+                yield k, threading.get_ident() != caller
+        finally:
+            closed.append(threading.get_ident() != caller)
+
+    with _Ahead(items(50)) as ahead:
+        assert list(ahead) == [(k, True) for k in range(50)]
+    assert closed == [True]
+    made.clear(), closed.clear()
+    got = []
+    with pytest.raises(ValueError, match=r"^cannot decode item 3$"), _Ahead(items(9, fail_at=3)) as ahead:
+        for k, _ in ahead:
+            got.append(k)
+    assert got == [0, 1, 2] and closed == [True]
+    made.clear(), closed.clear()
+    with _Ahead(items(1000), depth=2) as ahead:
+        for k, _ in ahead:
+            if k == 1:
+                time.sleep(0.2)  # the producer fills the queue and waits
+                break
+    assert closed == [True]
+    assert len(made) <= 2 + 2 + 1, made  # consumed 2, 2 queued, at most 1 more being put
+
+
 # Each chain kills one `keras-audit run` process per phase (audit.progress.checkpoint), then
 # resumes; the two chains run side by side to halve the wall time of the many TensorFlow starts.
 KILL_CHAINS = (("predict:3", "explain:2", "activations:2"), ("finish", "tensorboard", "publish"))

@@ -36,12 +36,20 @@ N = 90
 THRESHOLD_HALF = (tb.PR_THRESHOLDS - 1) // 2  # index of threshold 0.5
 
 
+def run_folder(logdir: Path) -> Path:
+    """The one folder under ``logdir`` (itself included) that holds event files: an export's run."""
+    folders = sorted({f.parent for f in Path(logdir).rglob("events.out.tfevents.*")})
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
 def read_events(logdir: Path) -> dict[str, dict[str, list]]:
-    """``{plugin: {tag: [(step, numpy value, description)]}}`` via TensorBoard's event-file reader."""
+    """``{plugin: {tag: [(step, numpy value, description)]}}`` via TensorBoard's event-file reader,
+    of the one run under ``logdir``."""
     import tensorflow as tf
     from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 
-    acc = pea.EventAccumulator(str(logdir), size_guidance={pea.TENSORS: 0})
+    acc = pea.EventAccumulator(str(run_folder(logdir)), size_guidance={pea.TENSORS: 0})
     acc.Reload()
     out: dict[str, dict[str, list]] = {}
     for tag in acc.Tags()["tensors"]:
@@ -98,9 +106,15 @@ def _expected_images(run: Reader) -> dict[str, list[int]]:
 
 
 def test_run_writes_every_plugin(store, events):
-    assert set(events) == {"scalars", "pr_curves", "images", "histograms", "text", "hparams"}
-    assert all(step == 0 for tags in events.values() for series in tags.values() for step, _, _ in series)
-    assert len(list((store / "tensorboard").glob(f"events.out.tfevents.*{tb.EVENT_SUFFIX}"))) == 1
+    assert set(events) == {"scalars", "pr_curves", "images", "histograms", "text", "hparams", "custom_scalars"}
+    margin = {t for t, series in events["scalars"].items() if [s for s, _, _ in series] != [0]}
+    assert all(step == 0 for plugin, tags in events.items() for tag, series in tags.items()
+               for step, _, _ in series if tag not in margin)
+    # Only margin-chart series leave step 0: the k-th of a chart on steps 2k and 2k + 1.
+    assert margin and all(t.startswith(("slices", "metrics/accuracy", "metrics/balanced_accuracy")) for t in margin)
+    run = store / "tensorboard" / "model"  # the run is named after the model file, model.keras
+    assert len(list(run.glob(f"events.out.tfevents.*{tb.EVENT_SUFFIX}"))) == 1
+    assert not list((store / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_scalars_match_metrics_json(store, events):
@@ -113,9 +127,11 @@ def test_scalars_match_metrics_json(store, events):
     assert scalars["metrics/balanced_accuracy"] == pytest.approx(m["balanced_accuracy"], abs=1e-6)
     assert scalars["metrics/ece"] == pytest.approx(m["calibration"]["ece"], abs=1e-6)
     assert scalars["metrics/worst_slice_gap"] == pytest.approx(worst_slices(m, k=1)[0]["gap"], abs=1e-6)
-    singles = [r for r in m["slices"]["rows"] if len(r["columns"]) == 1]
+    rows = m["slices"]["rows"]
+    tags = dict(zip(((r["column"], r["value"]) for r in rows), tb.slice_tags(rows)))
+    singles = [r for r in rows if len(r["columns"]) == 1]
     for row in singles:
-        tag = f"slices/{row['column']}/{row['value']}"
+        tag = tags[(row["column"], row["value"])]
         assert scalars[tag] == pytest.approx(row["accuracy"], abs=1e-6)
         assert scalars[f"{tag}/ci_low"] == pytest.approx(row["accuracy_ci"][0], abs=1e-6)
         assert scalars[f"{tag}/ci_high"] == pytest.approx(row["accuracy_ci"][1], abs=1e-6)
@@ -123,10 +139,9 @@ def test_scalars_match_metrics_json(store, events):
     assert scalars["slices/site/b"] == pytest.approx(30 / 45, abs=1e-6)
     for row in m["per_class"]:
         assert scalars[f"per_class/{row['class']}/recall"] == pytest.approx(row["recall"], abs=1e-6)
-    shown_pairs = {t for t in scalars
-                   if t.startswith("slices/") and " & " in t and not t.endswith(("ci_low", "ci_high"))}
-    below = {f"slices/{r['column']}/{r['value']}" for r in m["slices"]["rows"] if r.get("below_parents")}
-    assert shown_pairs == below
+    pair_tags = {tags[(r["column"], r["value"])] for r in rows if len(r["columns"]) == 2}
+    below = {tags[(r["column"], r["value"])] for r in rows if r.get("below_parents")}
+    assert set(scalars) & pair_tags == below
 
 
 def test_pr_curves_per_class_and_flagged_slice(store, events):
@@ -134,15 +149,21 @@ def test_pr_curves_per_class_and_flagged_slice(store, events):
     frame = run.predictions
     labels = frame["label"].to_numpy()
     probs = run.probabilities()
-    flagged = {f"{r['column']}/{r['value']}" for r in worst_slices(run.metrics, k=tb.SLICE_CURVES)}
-    assert "site/b" in flagged
+    rows = run.metrics["slices"]["rows"]
+    flagged_columns = {r["column"] for r in worst_slices(run.metrics, k=1000)}
+    # Every value of each flagged annotation, flagged or not, so another run's curves sit beside these.
+    flagged = {t[len("slices/"):] for r, t in zip(rows, tb.slice_tags(rows)) if r["column"] in flagged_columns}
+    assert {"site/a", "site/b"} <= flagged
     tags = set(events["pr_curves"])
     assert {f"pr/{name}/pr_curves" for name in CLASSES} <= tags
     # Every c0_dark example of site b was relabelled: a class without positives there has no curve.
     assert {t for t in tags if "/site/b/" in t} == {"pr/c1_mid/site/b/pr_curves", "pr/c2_light/site/b/pr_curves"}
     subsets = {tag[len(f"pr/{name}/"): -len("/pr_curves")] for tag in tags for name in CLASSES
                if tag.startswith(f"pr/{name}/") and tag != f"pr/{name}/pr_curves"}
-    assert subsets == flagged
+    assert {t for t in subsets if not t.startswith("discovered/")} == flagged
+    groups = run.discovered()[: tb.DISCOVERED_GROUPS]
+    assert {t for t in subsets if t.startswith("discovered/")} == {f"discovered/{g['method']}_{g['group']}"
+                                                                    for g in groups}
     for k, name in enumerate(CLASSES):
         (_, curve, description), = events["pr_curves"][f"pr/{name}/pr_curves"]
         assert curve.shape == (6, tb.PR_THRESHOLDS)
@@ -160,7 +181,8 @@ def test_images_are_overlays_by_class_and_correctness(store, events):
     run = Reader(store)
     expected = _expected_images(run)
     methods = ("gradcam", "occlusion")
-    assert set(events["images"]) == {f"{m}/{key}" for m in methods for key in expected}
+    overlays = {t for t in events["images"] if not t.startswith("discovered/")}  # groups: test_tensorboard_margin
+    assert overlays == {f"{m}/{key}" for m in methods for key in expected}
     assert "c1_mid/mistakes" in expected and "c0_dark/mistakes" not in expected
     for method in methods:
         for key, chosen in expected.items():
@@ -177,6 +199,32 @@ def test_images_are_overlays_by_class_and_correctness(store, events):
                 assert tuple(image[0, 0]) == tuple(image[-1, -1]) == frame_colour
                 blended = overlay(run.image(i), run.heatmap(method, i), tb.OVERLAY_ALPHA)
                 np.testing.assert_array_equal(image[1:-1, 1:-1], blended[1:-1, 1:-1])
+
+
+def test_discovered_groups_mean_image_beside_mean_heatmap(store, events):
+    run = Reader(store)
+    groups = [g for g in run.discovered()[: tb.DISCOVERED_GROUPS] if run.discovered_heatmap(g) is not None]
+    assert groups, "discovery stored no mean heatmap on this store"
+    pictures = {t: v for t, v in events["images"].items() if t.startswith("discovered/")}
+    assert set(pictures) == {f"discovered/{g['method']}_{g['group']}" for g in groups}
+    for g in groups:
+        (_, value, description), = pictures[f"discovered/{g['method']}_{g['group']}"]
+        picture = decode_png(value[2])
+        members = run.discovered_members(g)
+        heatmap = run.discovered_heatmap(g)
+        side = picture.shape[0]
+        assert picture.shape == (side, 2 * side + 2, 3) and side >= tb.GROUP_PICTURE_SIDE
+        if len(members) <= tb.GROUP_MEAN_IMAGES:  # every member averaged: recompute it by hand
+            mean = np.round(np.mean([run.image(int(i)).astype(float) for i in members], axis=0))
+            factor = side // mean.shape[0]
+            np.testing.assert_array_equal(picture[::factor, :side:factor][: mean.shape[0], : mean.shape[1]], mean)
+        # The right panel is the map: its brightest cell sits where the map peaks.
+        right = picture[:, side + 2 :].astype(float).sum(-1)
+        peak = np.unravel_index(np.argmax(heatmap), heatmap.shape)
+        cell = (side // heatmap.shape[0], side // heatmap.shape[1])
+        block = right[peak[0] * cell[0] : (peak[0] + 1) * cell[0], peak[1] * cell[1] : (peak[1] + 1) * cell[1]]
+        assert block.mean() >= np.percentile(right, 90) - 1e-9
+        assert f"({int(g['n'])} examples" in description
 
 
 def test_histograms_text_and_hparams(store, events):
@@ -206,6 +254,9 @@ def test_histograms_text_and_hparams(store, events):
     assert session.hparams["option/layer"].string_value == "null"
     experiment = hp_metadata.parse_experiment_plugin_data(acc[hp_metadata.EXPERIMENT_TAG])
     assert [m.name.tag for m in experiment.metric_infos] == [tag for tag, _ in tb.HPARAM_METRICS]
+    # The table shows the first five metrics unticked-by-nobody: the bias ones are among them.
+    shown = [m.name.tag for m in experiment.metric_infos][: tb.HPARAMS_SHOWN]
+    assert {"metrics/worst_slice_gap", "metrics/worst_slice_accuracy", "metrics/flagged_slices"} <= set(shown)
     assert {h.name for h in experiment.hparam_infos} == set(session.hparams)
     scalars = set(events["scalars"])
     assert all(tag in scalars for tag, _ in tb.HPARAM_METRICS)
@@ -214,7 +265,7 @@ def test_histograms_text_and_hparams(store, events):
 def _plugin_contents(logdir: Path, plugin: str) -> dict[str, bytes]:
     from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 
-    acc = pea.EventAccumulator(str(logdir))
+    acc = pea.EventAccumulator(str(run_folder(logdir)))
     acc.Reload()
     return acc.PluginTagToContent(plugin)
 
@@ -224,7 +275,7 @@ def test_projector_files(store):
     from google.protobuf import text_format
     from tensorboard.plugins.projector import ProjectorConfig
 
-    logdir = store / "tensorboard"
+    logdir = run_folder(store / "tensorboard")
     run = Reader(store)
     config = text_format.Parse((logdir / tb.PROJECTOR_CONFIG).read_text(), ProjectorConfig())
     (emb,) = config.embeddings
@@ -256,10 +307,10 @@ def test_cli_rewrites_only_its_own_files(store, tmp_path, capsys):
     for _ in range(2):
         assert main(["tensorboard", str(store), "--logdir", str(logdir)]) == 0
         assert capsys.readouterr().out.strip() == str(logdir)
-    ours = list(logdir.glob(f"events.out.tfevents.*{tb.EVENT_SUFFIX}"))
-    assert len(ours) == 1
+    ours = list(logdir.rglob(f"events.out.tfevents.*{tb.EVENT_SUFFIX}"))
+    assert [f.parent for f in ours] == [logdir / "model"]
     assert foreign.exists() and (logdir / "notes.txt").read_text() == "mine"
-    assert read_events(logdir)["scalars"]["metrics/accuracy"][0][0] == 0
+    assert read_events(logdir / "model")["scalars"]["metrics/ece"][0][0] == 0
 
 
 def test_export_refuses_bad_targets(store, tmp_path):
@@ -270,12 +321,26 @@ def test_export_refuses_bad_targets(store, tmp_path):
     with pytest.raises(AuditError, match="is a file"):
         tb.export(store, a_file)
     theirs = tmp_path / "theirs"
-    theirs.mkdir()
-    (theirs / tb.PROJECTOR_CONFIG).write_text('embeddings { tensor_name: "word_vectors" }\n')
+    (theirs / "model").mkdir(parents=True)
+    for folder in (theirs, theirs / "model"):
+        (folder / tb.PROJECTOR_CONFIG).write_text('embeddings { tensor_name: "word_vectors" }\n')
     with pytest.raises(AuditError, match=f"{tb.PROJECTOR_CONFIG} that keras-audit did not write") as e:
-        tb.export(store, theirs)
-    assert str(theirs) in str(e.value)
+        tb.export(store, theirs)  # the run folder, theirs/model, holds someone else's projector
+    assert str(theirs / "model") in str(e.value)
+    for folder in (theirs, theirs / "model"):
+        assert (folder / tb.PROJECTOR_CONFIG).read_text().startswith("embeddings { tensor_name: \"word_vectors\"")
+    assert tb.export(store, theirs, name="mine") == theirs  # beside it, their files untouched
     assert (theirs / tb.PROJECTOR_CONFIG).read_text().startswith("embeddings { tensor_name: \"word_vectors\"")
+    with pytest.raises(AuditError, match="run name 'a/b' must be one folder name"):
+        tb.export(store, theirs, name="a/b")
+
+
+def test_cli_run_name_needs_a_logdir(store, capsys):
+    from audit.cli import main
+
+    assert main(["tensorboard", str(store), "--run", "other"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--run" in err and "--logdir" in err and len(err.splitlines()) == 1
 
 
 def test_run_without_explanations_exports_the_rest(tiny, tmp_path):
@@ -288,10 +353,10 @@ def test_run_without_explanations_exports_the_rest(tiny, tmp_path):
     logdir = tb.export(out)
     assert logdir == out / "tensorboard"
     events = read_events(logdir)
-    assert set(events) == {"scalars", "pr_curves", "text", "hparams"}
+    assert set(events) == {"scalars", "pr_curves", "text", "hparams", "custom_scalars"}
     assert "metrics/balanced_accuracy" in events["scalars"]
     assert "metrics/balanced_accuracy/ci_low" not in events["scalars"]  # no bootstrap, no interval
-    assert (logdir / tb.PROJECTOR_CONFIG).is_file()
+    assert (logdir / tb.run_name(Reader(out)) / tb.PROJECTOR_CONFIG).is_file()
 
 
 # -- a real TensorBoard ---------------------------------------------------------------------------
@@ -331,8 +396,8 @@ class _Server:
 
 def test_real_tensorboard_serves_the_logs(store, tmp_path):
     runs = tmp_path / "runs"
-    tb.export(store, runs / "model_a")
-    tb.export(store, runs / "model_b")
+    tb.export(store, runs, name="model_a")
+    tb.export(store, runs, name="model_b")
     run = Reader(store)
     port = free_port()
     log = (tmp_path / "tensorboard.log").open("wb")
@@ -349,8 +414,10 @@ def test_real_tensorboard_serves_the_logs(store, tmp_path):
             "both runs", lambda: (t := server.json("/data/plugin/scalars/tags")) and len(t) == 2 and t, 60)
         assert set(scalar_tags) == {"model_a", "model_b"}
         assert {"metrics/accuracy", "slices/site/b", "slices/site/b/ci_low"} <= set(scalar_tags["model_a"])
-        (_, step, value), = server.json("/data/plugin/scalars/scalars", run="model_a", tag="slices/site/b")
-        assert step == 0 and value == pytest.approx(30 / 45, abs=1e-6)
+        (_, step, value), = server.json("/data/plugin/scalars/scalars", run="model_a", tag="metrics/ece")
+        assert step == 0 and value == pytest.approx(run.metrics["calibration"]["ece"], abs=1e-6)
+        points = server.json("/data/plugin/scalars/scalars", run="model_a", tag="slices/site/b")
+        assert [v for _, _, v in points] == pytest.approx([30 / 45] * 2, abs=1e-6)
 
         listing = server.wait_for(
             "projector", lambda: (p := server.json("/data/plugins_listing"))["projector"]["enabled"] and p, 60)
@@ -367,7 +434,8 @@ def test_real_tensorboard_serves_the_logs(store, tmp_path):
 
         image_tags = server.json("/data/plugin/images/tags")["model_a"]
         expected = _expected_images(run)
-        assert set(image_tags) == {f"{m}/{key}" for m in ("gradcam", "occlusion") for key in expected}
+        overlays = {t for t in image_tags if not t.startswith("discovered/")}
+        assert overlays == {f"{m}/{key}" for m in ("gradcam", "occlusion") for key in expected}
         shown = min(tb.IMAGES_PER_TAG, len(expected["c1_mid/mistakes"]))
         assert image_tags["gradcam/c1_mid/mistakes"]["samples"] == shown
         (entry,) = server.json("/data/plugin/images/images", run="model_a", tag="gradcam/c1_mid/mistakes", sample=0)

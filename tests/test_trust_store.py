@@ -188,7 +188,7 @@ def test_a_rerun_removes_only_the_files_the_store_lists(tiny, tmp_path):
     listed = set(Reader(out).manifest["files"])
     on_disk = set(_snapshot(out))
     assert on_disk == listed | {schema.MANIFEST, schema.LOCK_FILE}  # every file it wrote is listed, nothing else
-    assert any(f.startswith("tensorboard/events.out.tfevents.") for f in listed)
+    assert any(f.startswith("tensorboard/model/events.out.tfevents.") for f in listed)  # the run: model.keras
     write_owned_file(out, "report.md", b"# report\n")
     assert "report.md" in Reader(out).manifest["files"]
     (out / "tensorboard" / "my_notes.txt").write_text("mine")

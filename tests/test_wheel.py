@@ -25,12 +25,12 @@ import site
 import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
 import pytest
 
+from browser import healthy
 from conftest import REPO, free_port, stop
 
 pytestmark = pytest.mark.slow
@@ -72,14 +72,6 @@ def _run(cmd, *, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess
     done = subprocess.run([str(c) for c in cmd], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{cmd} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-            return r.status == 200 and r.read().decode().strip() == "ok"
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +196,7 @@ def test_demo_and_app_run_from_the_wheel(venv, tmp_path):
                                 env=_env(), stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + HEALTH_WAIT_S
-        while not _healthy(port):
+        while not healthy(port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"keras-audit app (from the wheel) did not answer on port {port} within "
                             f"{HEALTH_WAIT_S} s (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
@@ -213,6 +205,6 @@ def test_demo_and_app_run_from_the_wheel(venv, tmp_path):
         if proc.poll() is None:
             stop(proc, timeout=30)
     deadline = time.monotonic() + 20
-    while _healthy(port) and time.monotonic() < deadline:
+    while healthy(port) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _healthy(port), "the Streamlit server outlived the keras-audit process"
+    assert not healthy(port), "the Streamlit server outlived the keras-audit process"

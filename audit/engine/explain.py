@@ -1,6 +1,7 @@
-"""Phase 2, explain: for a chosen subset (all, or ``explain_limit`` examples picked to include
-the most confident mistakes, every class and every annotation value), each explainer's maps and
-their deletion/insertion scores, the explained examples' activations, and per-channel activation
+"""Phase 2, explain: for a chosen subset (all, or ``explain_limit`` examples chosen by
+:func:`audit.engine.selection.select_for_explanation`: enough per predicted class and confusion
+cell for discovery, then every mistake before the rest), each explainer's maps and their
+deletion/insertion scores, the explained examples' activations, and per-channel activation
 statistics over the whole dataset. Resumable after every batch."""
 
 from __future__ import annotations
@@ -10,34 +11,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from audit.engine.selection import select_for_explanation
 from audit.progress import bar
 from audit.store import schema
 from audit.store.killpoint import checkpoint
 from audit.viz import resize_map
 
 _QUALITY_NOTE = "mean area under the target-probability curve; deletion: lower is better, insertion: higher is better"
-
-
-def select_for_explanation(predictions, limit: int | None, annotation_columns: list[str], seed: int) -> np.ndarray:
-    """Example indices to explain: confident mistakes first, then every class and annotation value."""
-    index = predictions["index"].to_numpy()
-    if limit is None or limit >= len(index):
-        return np.sort(index)
-    rng = np.random.default_rng(seed)
-    chosen: list[int] = []
-    wrong = predictions[~predictions["correct"]].sort_values("confidence", ascending=False, kind="stable")
-    chosen += wrong["index"].head(limit // 3).tolist()
-    groups = [predictions.groupby("label")]
-    groups += [predictions.groupby(c, dropna=True) for c in annotation_columns if predictions[c].nunique() <= 50]
-    per_group = max(1, limit // (3 * max(1, sum(g.ngroups for g in groups))))
-    for grouped in groups:
-        for _, rows in grouped:
-            pool = rows["index"].to_numpy()
-            chosen += rng.choice(pool, size=min(per_group, len(pool)), replace=False).tolist()
-    chosen = list(dict.fromkeys(chosen))[:limit]
-    rest = np.setdiff1d(index, chosen)
-    fill = rng.choice(rest, size=min(limit - len(chosen), len(rest)), replace=False)
-    return np.sort(np.concatenate([np.asarray(chosen, np.int64), fill.astype(np.int64)]))
 
 
 def build_explainers(model, methods: Iterable[str], *, layer=None, occlusion_patch: int | None = None) -> dict:
@@ -86,7 +66,7 @@ def _chosen(session, predictions) -> np.ndarray:
         chosen = np.asarray(w.state["explained"], np.int64)
     else:
         o = session.options
-        chosen = select_for_explanation(predictions, o.explain_limit, session.user_columns, o.seed)
+        chosen = select_for_explanation(predictions, o.explain_limit, o.seed, num_classes=len(session.class_names))
     w.save_npy(schema.HEATMAP_INDEX, chosen)
     w.save_state(explained=chosen.tolist())
     return chosen
@@ -122,6 +102,27 @@ def _explain_chosen(session, chosen: np.ndarray, predictions, explainers: dict, 
             w.save_state(explain_done=done, activation_layers=outputs.activation_layers)
             checkpoint("explain")
             advance(len(rows))
+
+
+def explain_rows(session, indices: np.ndarray, targets: dict, explainers: dict, outputs: _Outputs,
+                 activations: dict) -> None:
+    """Maps of the examples ``indices`` (sorted) into ``outputs``, row k for ``indices[k]``, and the
+    activations of ``outputs.activation_layers`` into ``activations`` (layer -> (K, ...) float16);
+    no progress recorded: a follow-up run's few rows (audit.engine.followup), explained as phase 2
+    explains them."""
+    from audit.explain import Activations
+
+    layers = outputs.activation_layers
+    acts = Activations(session.model, layers=layers) if layers else None
+    for batch in session.dataset.batches(
+        session.model.input_shape, session.shape, batch_size=session.options.batch_size,
+        preprocessing=session.preprocessing, indices=indices,
+    ):
+        rows = np.searchsorted(indices, batch.index)
+        _write_maps(session, explainers, batch.x, np.array([targets[i] for i in batch.index]), rows, outputs)
+        for name, value in (acts(batch.x) if acts is not None else {}).items():
+            value = _shrink_activations(value).astype(np.float16)
+            activations.setdefault(name, np.zeros((len(indices), *value.shape[1:]), np.float16))[rows] = value
 
 
 def _write_maps(session, explainers: dict, x: np.ndarray, targets: np.ndarray, rows: np.ndarray,

@@ -10,7 +10,6 @@ functions are traced once; after the first pass it keeps only the fixed sample a
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -118,6 +117,27 @@ class LiveData:
             yield x
 
 
+def keep_stratified(picked: dict[int, list], label: int, item, size: int) -> None:
+    """Add ``item`` (one example of class ``label``, arriving in data order) to ``picked`` and keep
+    at most ``size`` items in all, as evenly over the classes as their counts allow.
+
+    When one too many are kept, the largest bucket (the highest class on a tie) gives up its latest
+    item. A bucket of one is never the largest while some bucket holds two, so every class seen has
+    an image whenever there are no more classes than ``size``; each class keeps its first images;
+    memory never exceeds ``size + 1`` items; and the choice depends only on the data's order.
+    With a fixed quota of ``ceil(size / classes)`` instead, the first classes would use the whole
+    sample up (16 images over 10 classes: 2 each for classes 0-7, none for 8 and 9).
+    """
+    if size <= 0:
+        return
+    picked.setdefault(label, []).append(item.copy())  # a copy: not a view that keeps the whole batch alive
+    if sum(map(len, picked.values())) > size:
+        largest = max(picked, key=lambda k: (len(picked[k]), k))
+        picked[largest].pop()
+        if not picked[largest]:
+            del picked[largest]
+
+
 @dataclass
 class LivePipeline:
     """What is built once per model (compiled functions, explainers) and kept between passes
@@ -193,12 +213,10 @@ class LivePipeline:
         return probs_all, labels_all
 
     def _pick(self, picked: dict[int, list[np.ndarray]], x: np.ndarray, labels: np.ndarray) -> None:
-        """The fixed sample: the first images of each class, spread evenly over the classes."""
-        quota = math.ceil(self.sample_size / self.model.num_classes)
+        """The fixed sample, stratified by class in one pass: every class seen keeps its first
+        images, as many as an even share of ``sample_size`` allows (:func:`keep_stratified`)."""
         for image, label in zip(x, labels):
-            bucket = picked.setdefault(int(label), [])
-            if len(bucket) < quota and sum(map(len, picked.values())) < self.sample_size:
-                bucket.append(image.copy())  # a copy: not a view that keeps the whole batch alive
+            keep_stratified(picked, int(label), image, self.sample_size)
 
     def _first_pass(self, labels: np.ndarray, picked: dict[int, list[np.ndarray]]) -> None:
         from audit.metrics.slices import make_slice_column

@@ -54,6 +54,7 @@ class AuditOptions:
     mean: tuple[float, ...] | None = None  # per channel (1 or 3 values, 0..255 units), subtracted first
     std: tuple[float, ...] | None = None  # per channel, divided by after the mean
     resize: str = "stretch"  # stretch | pad | crop
+    shard: str | None = None  # "i/n": this run is share i of n of the data (audit.engine.shard); None: all of it
 
     def validate(self) -> AuditOptions:
         """Check every option (run_audit does, before reading any input or writing anything).
@@ -70,6 +71,8 @@ class AuditOptions:
         positive_number("--rescale", self.rescale)
         self._validate_preprocessing()
         self._validate_names()
+        if self.shard is not None:
+            parse_shard(self.shard)
         if self.slice_pairs is not None and not isinstance(self.slice_pairs, (bool, np.bool_)):
             raise AuditError(f"--slice-pairs must be true, false or None; received {self.slice_pairs!r}")
         for name in ("unsafe", "tensorboard"):
@@ -149,6 +152,23 @@ class AuditOptions:
         d["class_names"] = None if self.class_names is None else list(self.class_names)
         d["mean"], d["std"] = (None if v is None else [float(x) for x in v] for v in (self.mean, self.std))
         return d
+
+
+def parse_shard(text) -> tuple[int, int]:
+    """``"i/n"`` as (i, n) with 0 <= i < n: share i of the data cut into n (``--shard``).
+
+    Raises:
+        AuditError: one line naming --shard, e.g. "--shard 3/3: i must be 0 to n-1 (0 to 2)".
+    """
+    top, slash, bottom = str(text).partition("/")
+    if not (slash and top.strip().isdigit() and bottom.strip().isdigit()):
+        raise AuditError(f"--shard must be i/n, share i (from 0) of n, such as 0/4; received {text!r}")
+    i, n = int(top), int(bottom)
+    if n < 1:
+        raise AuditError(f"--shard {text}: n must be at least 1")
+    if i >= n:
+        raise AuditError(f"--shard {text}: i must be 0 to n-1 (0 to {n - 1})")
+    return i, n
 
 
 def _floats(values) -> tuple[float, ...] | None:

@@ -1,8 +1,14 @@
 """Phase 1, predict: stream the dataset once through one compiled function that returns class
 probabilities and penultimate features; store the probabilities, the stored copy of each image,
-its built-in annotations and its embedding. Resumable after every batch."""
+its built-in annotations and its embedding. Resumable after every batch. Three threads overlap:
+one produces the next batches (:class:`_Ahead`), this one runs the model, and one writes the
+batch before (:class:`_WriteBehind`)."""
 
 from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -20,7 +26,7 @@ def predict_batch(fn, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """
     import tensorflow as tf
 
-    out = fn(tf.constant(x))
+    out = fn(tf.convert_to_tensor(x))  # no copy of x: the tensor shares its buffer
     probs, feats = out if isinstance(out, tuple) else (out, None)
     return probs.numpy(), None if feats is None else feats.numpy()
 
@@ -31,6 +37,120 @@ def _check_finite(probs: np.ndarray, index: np.ndarray, session) -> None:
         first = int(index[bad][0])
         where = session.dataset.paths[first] if session.dataset.paths else f"example {first}"
         raise ModelError(f"model produced NaN/inf outputs (first at {where})", session.model.path)
+
+
+class _WriteBehind:
+    """Each batch's writes (rows, fsync, state) in one background thread, one batch behind the
+    model: the fsyncs and the state file are I/O waits that the next batch's decode and
+    forward pass can overlap. At most one write is in flight, and batches are written in order,
+    so the state on disk always names a prefix of recorded batches, as without the thread.
+    Leaving the block (also on an error) waits for the write in flight; a failed write is
+    raised in the calling thread, at the next batch or at the end."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="keras-audit-write")
+        self._pending = None
+        self._done = None
+
+    def submit(self, job, done) -> None:
+        """Run ``job()`` in the background, then ``done()`` here once it has finished."""
+        self.wait()
+        self._pending, self._done = self._pool.submit(job), done
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, done, self._pending, self._done = self._pending, self._done, None, None
+            pending.result()
+            done()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.wait()
+        except BaseException:
+            if exc_type is None:  # an error already leaving the block wins over the write's
+                raise
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+_END = object()
+
+
+class _Ahead:
+    """Iterate ``items`` in a background thread, up to ``depth`` items ahead of the consumer.
+
+    The next batches' decode (tf.data's own threads, and its conversion to numpy, which
+    releases the GIL) then overlaps the forward pass of this one. Items come out in order; an
+    error raised while producing is raised here, by the consumer, in place of the item it
+    stopped at. Closing (also on an error or Ctrl-C in the consumer) stops the producer after
+    the item it is making and closes ``items`` in its thread.
+    """
+
+    def __init__(self, items: Iterator, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(items,), name="keras-audit-read", daemon=True)
+        self._thread.start()
+
+    def _produce(self, items: Iterator) -> None:
+        try:
+            for item in items:
+                if not self._put((item, None)):
+                    return
+            self._put((_END, None))
+        except BaseException as e:  # handed to the consumer, which raises it
+            self._put((_END, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    def _put(self, entry) -> bool:
+        """Queue ``entry`` once there is room; False if the consumer stopped first."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        while True:
+            item, error = self._queue.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _with_skipped(dataset, batches: Iterator) -> Iterator:
+    """``(batch, files skipped before it)``, then ``(None, files skipped after the last)``.
+
+    Run in the producer's thread, the only one touching ``dataset.skipped`` during the pass;
+    the files after the last batch stay listed there, as after a pass without the thread.
+    """
+    for batch in batches:
+        gone = list(dataset.skipped)
+        dataset.skipped.clear()
+        yield batch, gone
+    yield None, list(dataset.skipped)
 
 
 def predict(session) -> None:
@@ -47,24 +167,37 @@ def predict(session) -> None:
     }
     fn = model.predict_fn(embeddings=model.has_layers)
     want_channels = model.input_shape[-1]
-    with bar("predict", n, completed=start, enabled=session.progress) as advance:
-        for batch in dataset.batches(
-            model.input_shape, session.shape, batch_size=session.options.batch_size,
-            preprocessing=session.preprocessing, start=start,
-        ):
+    batches = dataset.batches(model.input_shape, session.shape, batch_size=session.options.batch_size,
+                              preprocessing=session.preprocessing, start=start)
+    with bar("predict", n, completed=start, enabled=session.progress) as advance, _WriteBehind() as writes, \
+            _Ahead(_with_skipped(dataset, batches)) as ahead:
+        for batch, gone in ahead:
+            skipped += gone
+            if batch is None:  # the files skipped after the last batch
+                break
             probs, feats = predict_batch(fn, batch.x)
             _check_finite(probs, batch.index, session)
-            _record(session, out, batch, probs, feats)
             converted += int(np.sum((batch.channels == 1) != (want_channels == 1)))
-            skipped += dataset.skipped
-            dataset.skipped.clear()
             nxt = int(batch.index[-1]) + 1
-            w.save_state(predict_next=nxt, skipped=skipped, converted=converted)
-            checkpoint("predict")
-            advance(nxt - start)
+            writes.submit(_commit(session, out, batch, probs, feats, dict(
+                predict_next=nxt, skipped=list(skipped), converted=converted)), done=_advance(advance, nxt - start))
             start = nxt
-    skipped += dataset.skipped  # unreadable files after the last batch
     w.save_state(predict_next=n, skipped=skipped, converted=converted)
+
+
+def _commit(session, out: dict, batch, probs, feats, state: dict):
+    """One batch's write job: its rows, flushed, then the state that counts them recorded."""
+
+    def job() -> None:
+        _record(session, out, batch, probs, feats)
+        session.writer.save_state(**state)
+        checkpoint("predict")
+
+    return job
+
+
+def _advance(advance, count: int):
+    return lambda: advance(count)
 
 
 def _record(session, out: dict, batch, probs: np.ndarray, feats: np.ndarray | None) -> None:

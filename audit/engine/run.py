@@ -55,13 +55,20 @@ def reexport(store: str | Path, export: Exporter, event_suffix: str) -> Path:
         writer.close()
 
 
-def _compute(session: Session) -> None:
+def _compute(session: Session, share_selection: Callable | None = None) -> None:
     """Phases 1 to 3, each from where an interrupted run left it."""
     if session.writer.state.get("predict_next", 0) < session.dataset.count:
         predict(session)
     check_readable(session)
     predictions = predictions_table(session)
-    finish(session, predictions, explain(session, predictions))
+    if session.shard is not None:  # a share of the data explains candidates for a later merge
+        from audit.engine import shard
+
+        shard.choose_candidates(session, predictions, share_selection)
+    quality = explain(session, predictions)
+    if session.shard is not None:
+        shard.keep_for_merge(session)
+    finish(session, predictions, quality)
 
 
 def run_audit(
@@ -74,15 +81,20 @@ def run_audit(
     resume: bool = False,
     progress: bool = True,
     post_steps: Sequence[PostStep] = (),
+    share_selection: Callable | None = None,
 ) -> Path:
     """Compute a results store in ``out`` from ``model`` on ``data``, then run ``post_steps``
     (steps on the finished store, in order; each decides from the session's options whether it
     applies). The product's run, with its TensorBoard export, is :func:`audit.pipeline.run_audit`.
+
+    ``share_selection``: with ``options.shard``, ``(session, predictions) -> indices`` giving the
+    share's part of the global selection (the Ray engine's, which sees every share); None: the
+    share explains ``shard_candidates``, a superset any later merge can choose from.
     """
     session = Session(model, data, out, annotations, options or AuditOptions(), resume, progress)
     try:
         if not session.writer.export_only:
-            _compute(session)
+            _compute(session, share_selection)
         for step in post_steps:
             step(session)
     except AuditError:

@@ -89,6 +89,12 @@ class Session:
         self.annotations, self.annotation_report = (None, None)
         if annotations is not None:
             self.annotations, self.annotation_report = load_annotations(annotations, self.dataset)
+        self.shard = None
+        if options.shard is not None:  # one share of the data, rows numbered within it (audit.engine.shard)
+            from audit.engine.shard import restrict
+
+            self.shard, self.dataset, self.annotations = restrict(
+                self.dataset, self.annotations, options.shard, options.batch_size)
         self.methods = self._methods(options.explain)
         self._check_occlusion_patch()
         if options.layer and self.model.has_layers:

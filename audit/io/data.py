@@ -125,12 +125,13 @@ class Dataset:
         h, w, c = input_shape
 
         def prepare(i, img):
-            return (i, *_preprocess(img, (h, w), c, stored_shape, prep))
+            return i, _per_image(img, (h, w), c, stored_shape, prep)
 
+        parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if self.paths is not None:
             files = tf.constant([str(self.root / self.paths[i]) for i in indices] or [""])[: len(indices)]
             ds = tf.data.Dataset.from_tensor_slices((indices, files)).map(
-                lambda i, f: prepare(i, _decode(f)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+                lambda i, f: prepare(i, _decode(f)), **parallel
             )
             # A corrupt file raises inside map; ignore_errors drops just that element, and the
             # gap in `index` tells us which one it was.
@@ -142,8 +143,10 @@ class Dataset:
                     tf.TensorSpec((), tf.int64),
                     tf.TensorSpec((None, None, None), tf.uint8),
                 ),
-            ).map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(batch_size).prefetch(2)
+            ).map(prepare, **parallel)
+        # What can run on the whole batch does (fewer, larger ops than per image): _per_batch.
+        ds = ds.batch(batch_size).map(lambda i, parts: (i, *_per_batch(parts, prep)), **parallel)
+        ds = ds.prefetch(2)
         expected = iter(indices.tolist())
         for idx, x, stored, builtin, channels in ds.as_numpy_iterator():
             for i in idx:  # record files dropped by ignore_errors
@@ -193,7 +196,7 @@ def _unreadable_reason(file: Path, index: int, prepare=None) -> str:
         return f"cannot decode: {_op_message(e)}"
     if prepare is not None:
         try:
-            prepare(tf.constant(index, tf.int64), img)
+            prepare(tf.constant(index, tf.int64), img)  # the per-image part, where a bad image fails
         except (tf.errors.OpError, ValueError) as e:
             return f"cannot preprocess: {_op_message(e)}"
     return "unreadable image (failed in the input pipeline, but not when read again)"
@@ -206,30 +209,81 @@ def _decode(file):
     return tf.ensure_shape(img, (None, None, None))
 
 
-def _preprocess(img, size, channels, stored_shape, prep: Preprocessing):
-    """Resize and convert one image; also compute its built-in annotations (on the original image).
+def _per_image(img, size, channels, stored_shape, prep: Preprocessing) -> dict:
+    """What needs each original image: its built-in annotations, its pixels at the model's
+    geometry (``x``; grey for a one-channel model) and its stored copy where that is not
+    ``x``'s RGB itself (``stored``, uint8). :func:`_per_batch` finishes a batch of these.
 
-    The stored uint8 copy goes through the same geometry as the model's input (padding and
-    crop included, at the stored size), so maps drawn on it sit on the pixels the model saw.
+    A *plain* image (RGB, already of the model's size, as most datasets are) skips the channel
+    conversion and the resize, which is then the identity, bit for bit: one branch instead of
+    several, each of which cost about as much as the pixels' own work (issue 13).
+    The built-in annotations stay per image: a batched mean sums in another order.
+
+    The stored copy goes through the same geometry as the model's input (padding and crop
+    included, at the stored size), so maps drawn on it sit on the pixels the model saw.
     """
     import tensorflow as tf
 
-    src_channels = tf.shape(img)[-1]
-    img = tf.cast(img, tf.float32)
-    img = img[..., :3] if img.shape[-1] is None or img.shape[-1] > 3 else img
-    img = tf.cond(tf.shape(img)[-1] == 2, lambda: img[..., :1], lambda: img)  # grey + alpha
-    rgb = tf.cond(tf.shape(img)[-1] == 1, lambda: tf.image.grayscale_to_rgb(img), lambda: img[..., :3])
-    rgb = tf.ensure_shape(rgb, (None, None, 3))
+    shape = tf.shape(img)
+    plain = tf.logical_and(tf.equal(shape[-1], 3), tf.reduce_all(tf.equal(shape[:2], tf.constant(size, tf.int32))))
+    own_copy = channels == 1 or tuple(stored_shape) != tuple(size)
+
+    def finish(rgb, x):
+        stored = prep.geometry(rgb, stored_shape, size) if tuple(stored_shape) != tuple(size) else x
+        x = tf.image.rgb_to_grayscale(x) if channels == 1 else x
+        return (x, _builtin(rgb), *([_to_uint8(stored)] if own_copy else []))
+
+    def as_is():
+        rgb = tf.cast(img, tf.float32)
+        return finish(rgb, rgb)
+
+    def converted():
+        rgb = _rgb(img)
+        return finish(rgb, prep.geometry(rgb, size, size))
+
+    x, builtin, *stored = tf.cond(plain, as_is, converted)
+    parts = {"x": tf.ensure_shape(x, (*size, channels)), "builtin": builtin, "channels": shape[-1]}
+    if own_copy:
+        parts["stored"] = tf.ensure_shape(stored[0], (*stored_shape, 3))
+    return parts
+
+
+def _per_batch(parts: dict, prep: Preprocessing) -> tuple:
+    """``(x, stored, builtin, channels)`` of a batch of :func:`_per_image` parts: the arithmetic
+    and the uint8 copy. Both are elementwise, so each image gets the bits it would alone."""
+    stored = parts["stored"] if "stored" in parts else _to_uint8(parts["x"])
+    return prep.apply(parts["x"]), stored, parts["builtin"], parts["channels"]
+
+
+def _builtin(rgb):
+    """aspect_ratio, resolution, brightness and contrast of one float32 RGB image (h, w, 3).
+
+    The ops of ``tf.image.rgb_to_grayscale``, ``tf.reduce_mean`` and ``tf.math.reduce_std``
+    (the same matmul on the same matrices, the same reductions), without their shape
+    bookkeeping and with the mean computed once: the same bits for a few ops fewer per image.
+    """
+    import tensorflow as tf
+
     hw = tf.cast(tf.shape(rgb)[:2], tf.float32)
-    grey = tf.image.rgb_to_grayscale(rgb)
-    builtin = tf.stack(
-        [hw[1] / hw[0], tf.sqrt(hw[0] * hw[1]), tf.reduce_mean(grey) / 255.0, tf.math.reduce_std(grey) / 255.0]
-    )
-    resized = prep.geometry(rgb, size, size)
-    model_in = tf.image.rgb_to_grayscale(resized) if channels == 1 else resized
-    stored = prep.geometry(rgb, stored_shape, size)
-    stored = tf.cast(tf.clip_by_value(tf.round(stored), 0, 255), tf.uint8)
-    return prep.apply(model_in), stored, builtin, src_channels
+    grey = tf.matmul(tf.reshape(rgb, (-1, 3)), tf.constant([[0.2989], [0.5870], [0.1140]], tf.float32))
+    mean = tf.reduce_mean(grey)
+    std = tf.sqrt(tf.reduce_mean(tf.square(grey - mean)))
+    return tf.stack([hw[1] / hw[0], tf.sqrt(hw[0] * hw[1]), mean / 255.0, std / 255.0])
+
+
+def _rgb(img):
+    """Decoded pixels (h, w, 1 to 4+ channels) as float32 RGB: grey repeated, alpha dropped."""
+    import tensorflow as tf
+
+    three = tf.shape(img)[-1] >= 3
+    rgb = tf.cond(three, lambda: img[..., :3], lambda: tf.tile(img[..., :1], [1, 1, 3]))
+    return tf.ensure_shape(tf.cast(rgb, tf.float32), (None, None, 3))
+
+
+def _to_uint8(pixels):
+    import tensorflow as tf
+
+    return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
 
 
 def preprocess_images(images: np.ndarray, input_shape: tuple[int, int, int], *, rescale: float = 1.0,
@@ -244,8 +298,8 @@ def preprocess_images(images: np.ndarray, input_shape: tuple[int, int, int], *, 
             arithmetic, e.g. ``AuditOptions.preprocessing()``); it replaces ``rescale``.
 
     Returns:
-        float32 ``(N, H, W, C)``: through the same graph (:func:`_preprocess`, in a
-        ``tf.data`` map), so a model scores these as it scored the audit's batches.
+        float32 ``(N, H, W, C)``: through the same graph (:func:`_per_image` in a ``tf.data``
+        map, then :func:`_per_batch`), so a model scores these as it scored the audit's batches.
 
     Raises:
         DataError: ``images`` is not such a batch.
@@ -260,12 +314,12 @@ def preprocess_images(images: np.ndarray, input_shape: tuple[int, int, int], *, 
     if not len(images):
         return np.zeros((0, h, w, c), np.float32)
     prep = preprocessing or Preprocessing(scale=float(rescale))
-    own = tuple(images.shape[1:3])  # the stored copy _preprocess also makes: kept at this size, unused
     # As the .npz path of Dataset.batches feeds its rows: one image at a time, of unknown size.
     ds = tf.data.Dataset.from_generator(
         lambda: iter(images), output_signature=tf.TensorSpec((None, None, None), tf.uint8)
-    ).map(lambda img: _preprocess(img, (h, w), c, own, prep)[0])
-    return np.concatenate(list(ds.batch(len(images)).as_numpy_iterator())).astype(np.float32, copy=False)
+    ).map(lambda img: _per_image(img, (h, w), c, (h, w), prep))
+    ds = ds.batch(len(images)).map(lambda parts: _per_batch(parts, prep)[0])
+    return np.concatenate(list(ds.as_numpy_iterator())).astype(np.float32, copy=False)
 
 
 def _npz_member(path: Path, name: str):

@@ -21,7 +21,7 @@ and infinities are ``null``; ``*_ci`` values are ``[lo, hi]`` 95% intervals)::
                                        pr {precision, recall, thresholds}, roc {fpr, tpr, thresholds}}]
                            macro {average_precision, roc_auc, pr {recall, precision}, roc {fpr, tpr}} | null
                            micro {average_precision, roc_auc, pr {...}, roc {...}} | null
-                           (see audit.metrics.curves; binary models: positive class only)
+                           (see audit.metrics.curves; binary models: positive class first, then negative)
     calibration            {bins, edges, count, accuracy, confidence, ece, mce}
     slices                 method, min_slice_size, pairs,
                            columns [{column, columns, kind, builtin, values, bin_edges, missing,

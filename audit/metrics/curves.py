@@ -3,7 +3,10 @@
 scikit-learn computes every curve and area. What is ours is storage: a curve
 keeps at most ``MAX_POINTS`` of its points, taken evenly along the exact curve
 (plus both ends), so plots stay faithful and ``metrics.json`` stays small. A
-binary model has one curve, for its positive class (class index 1).
+binary model gets a one-vs-rest curve for each of its two classes, the positive
+class (index 1, the headline: ``positive_class``) first, then the negative one
+scored by its own probability (``prob_0``); they share one ROC AUC, not one
+average precision.
 
 Averages over classes:
 
@@ -105,7 +108,8 @@ def _micro(p: Predictions, max_points: int) -> dict:
 def curve_metrics(p: Predictions, notes: list[str], *, max_points: int = MAX_POINTS) -> dict:
     """Per-class and averaged PR / ROC curves with average precision and ROC AUC."""
     n = len(p.y)
-    classes = [1] if p.binary else list(range(p.num_classes))
+    # Binary: the headline (positive) class first, where readers of per_class[0] look for it.
+    classes = [1, 0] if p.binary else list(range(p.num_classes))
     recall_grid = np.linspace(0.0, 1.0, GRID_POINTS)
     fpr_grid = np.linspace(0.0, 1.0, GRID_POINTS)
     per_class, undefined, macro_prec, macro_tpr = _class_curves(p, classes, max_points, recall_grid, fpr_grid)

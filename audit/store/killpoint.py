@@ -22,7 +22,8 @@ def checkpoint(phase: str) -> None:
     racing a timer. Phases: ``predict`` and ``explain`` (after each batch is
     recorded), ``activations`` (each batch of the statistics pass), ``finish``
     (metrics written, manifest not yet complete), ``tensorboard`` (event file
-    written, projector not yet) and ``publish`` (first log file moved into place).
+    written, projector not yet), ``publish`` (first log file moved into place) and
+    ``commit`` (discovery's first replaced file moved into place, the others not yet).
     Unset, this is one dictionary lookup.
     """
     wanted = os.environ.get(KILL_AT_ENV)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -177,6 +178,59 @@ class Reader:
         aligned = by_index.reindex(self.predictions["index"].to_numpy())
         return aligned.astype(object).where(aligned.notna(), None).to_numpy(object)
 
+    # -- discovery ----------------------------------------------------------------------------
+    def discovered(self, method: str | None = None) -> list[schema.DiscoveredGroup]:
+        """Discovered groups (metrics.json ``discovered``), strongest first; only ``method``'s when
+        given. [] for stores written before discovery."""
+        groups = self.metrics.get("discovered") or []
+        return [cast(schema.DiscoveredGroup, dict(g)) for g in groups if method is None or g.get("method") == method]
+
+    def attention(self) -> list[schema.AttentionEntry]:
+        """Where each class, discovered group and flagged slice looks (metrics.json ``attention``), or []."""
+        return [cast(schema.AttentionEntry, dict(a)) for a in self.metrics.get("attention") or []]
+
+    def discovered_members(self, entry: schema.DiscoveredGroup) -> np.ndarray:
+        """Example indices (int64, ascending, like :meth:`slice_rows`) of a discovered group: the rows whose
+        ``found_<method>`` column holds its group, or, for a predicate (search), the rows matching every
+        ``column = value`` of it (the value as slices.parquet names it where the column is sliced there,
+        else the stored annotation value).
+
+        Raises:
+            StoreError: the store lacks the column the entry needs.
+        """
+        preds = self.predictions
+        index = preds["index"].to_numpy(np.int64)
+        predicate = entry.get("predicate")
+        if predicate:
+            return np.sort(index[self._predicate_mask(predicate)])
+        column = schema.discovery_column(str(entry.get("method")))
+        if column is None or column not in preds.columns:
+            raise StoreError(f"predictions.parquet has no discovery column for {entry.get('method')!r}", self.path)
+        inside = preds[column].eq(int(entry["group"])).fillna(False).to_numpy(bool)
+        return np.sort(index[inside])
+
+    def _predicate_mask(self, predicate: dict) -> np.ndarray:
+        preds = self.predictions
+        inside = np.ones(len(preds), bool)
+        sliced = set(self.slices.columns) if (self.path / schema.SLICES).is_file() else set()
+        for column, value in predicate.items():
+            if column in sliced and column != schema.SLICE_INDEX_COLUMN:
+                labels = self.slice_labels(column)
+            elif column in preds.columns:
+                labels = preds[column].astype(object).to_numpy(object)
+            else:
+                raise StoreError(f"discovered group's predicate names a column the store lacks: {column!r}", self.path)
+            inside &= np.array([v is not None and str(v) == str(value) for v in labels], bool)
+        return inside
+
+    def discovered_heatmap(self, entry: schema.DiscoveredGroup) -> np.ndarray | None:
+        """A discovered group's (or attention entry's) mean heatmap, float32 (h, w), or None if it has none."""
+        rel = schema.owned_path(entry.get("heatmap") or "")
+        if rel is None or not rel.startswith(schema.DISCOVERED_DIR + "/"):
+            return None
+        arr = self._array(rel)
+        return None if arr is None else np.asarray(arr, np.float32)
+
     # -- arrays ---------------------------------------------------------------------
     def _array(self, rel: str) -> np.ndarray | None:
         # Memory-maps are opened once per file: views read one image or map at a time, often.
@@ -184,6 +238,11 @@ class Reader:
             file = self.path / rel
             self._mapped[rel] = np.load(file, mmap_mode="r") if file.is_file() else None
         return self._mapped[rel]
+
+    def stored_array(self, rel: str) -> np.ndarray | None:
+        """The store's array file ``rel`` (e.g. ``schema.heatmap_file("gradcam")``), memory-mapped, or None
+        if absent: for the engine's passes over whole arrays (discovery, a follow-up run)."""
+        return self._array(rel)
 
     def image(self, index: int) -> np.ndarray:
         """Example ``index`` as the model saw it: uint8 (h, w, 3), longest side <= 128."""

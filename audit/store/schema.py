@@ -20,6 +20,8 @@ Layout of ``OUT/``::
     activations/stats.json   per-layer, per-channel mean / max / fraction of zeros
                              over the whole dataset
     embeddings.npy         float16 (N, D): penultimate-layer features
+    discovered/<method>_<group>.npy  float32 (h, w): mean heatmap of a discovered group
+                           (metrics.json "discovered"; see DISCOVERY_COLUMNS)
     tensorboard/           TensorBoard logs (written by audit.views.tensorboard)
     work/                  resume state of an unfinished run (removed at the end)
     .keras-audit.lock      held (with the holder's process id inside) while a run writes
@@ -63,6 +65,8 @@ EMBEDDINGS = "embeddings.npy"
 HEATMAP_DIR = "heatmaps"
 HEATMAP_INDEX = "heatmaps/index.npy"
 ACTIVATION_DIR = "activations"
+# Discovery (audit.engine.discovery): mean heatmaps of discovered groups live here.
+DISCOVERED_DIR = "discovered"
 ACTIVATION_STATS = "activations/stats.json"
 TENSORBOARD_DIR = "tensorboard"
 WORK_DIR = "work"
@@ -70,6 +74,10 @@ LOCK_FILE = ".keras-audit.lock"
 # manifest["tensorboard"]: the export's progress ("pending" until the logs are in place).
 TENSORBOARD_PENDING = "pending"
 TENSORBOARD_WRITTEN = "written"
+# manifest["discovery"]: "pending" from the moment discovery starts replacing files until all are
+# in place (each file is replaced atomically; --resume or `keras-audit discover OUT` redoes it).
+DISCOVERY_PENDING = "pending"
+DISCOVERY_WRITTEN = "written"
 
 # Longest side of the stored copy of each example; heatmaps use the same size.
 STORED_IMAGE_MAX_SIDE = 128
@@ -121,10 +129,29 @@ def activation_file(layer: str) -> str:
     return f"{ACTIVATION_DIR}/{layer.replace('/', '__')}.npy"
 
 
+# Discovered groups of each row in predictions.parquet (nullable Int64, null where the row is in
+# no group). Written by discovery, not by the user: never annotations, never sliced. The
+# "search" method has no column: its groups are predicates over annotations.
+DISCOVERY_METHODS = ("errors", "strategy", "search")
+DISCOVERY_COLUMNS = ("found_errors", "found_strategy")
+
+
+def discovery_column(method: str) -> str | None:
+    """The predictions.parquet column holding ``method``'s group of each row, or None (``search``)."""
+    column = f"found_{method}"
+    return column if column in DISCOVERY_COLUMNS else None
+
+
+def discovered_heatmap_file(method: str, group: int) -> str:
+    """File of a discovered group's mean heatmap: ``discovered/<method>_<group>.npy``."""
+    return f"{DISCOVERED_DIR}/{file_stem(method)}_{int(group)}.npy"
+
+
 def annotation_columns(columns) -> list[str]:
-    """Annotation columns of a predictions table, in stored order."""
+    """Annotation columns of a predictions table, in stored order (discovery columns are not)."""
     return [
-        c for c in columns if c not in PREDICTION_COLUMNS and not c.startswith(PROB_PREFIX)
+        c for c in columns
+        if c not in PREDICTION_COLUMNS and not c.startswith(PROB_PREFIX) and c not in DISCOVERY_COLUMNS
     ]
 
 
@@ -197,6 +224,7 @@ class Manifest(TypedDict, total=False):
     notes: list[str]
     files: list[str]
     tensorboard: str  # TENSORBOARD_PENDING or TENSORBOARD_WRITTEN
+    discovery: str  # DISCOVERY_PENDING or DISCOVERY_WRITTEN; absent before discovery ran
     complete: bool
 
 
@@ -243,6 +271,60 @@ class SlicesSection(TypedDict, total=False):
     summary: dict[str, Any]
 
 
+class Attention(TypedDict):
+    """Where a set of heatmaps looks: mass shares of a 3x3 grid (row 0 top, summing to 1), the
+    share in the outer band, and the cell holding most ("top-left" ... "bottom-right")."""
+
+    method: str
+    grid: list[list[float]]
+    border: float
+    top_cell: str
+
+
+class DiscoveredGroup(TypedDict, total=False):
+    """One entry of ``metrics.json`` ``discovered`` (strongest first: ascending q, then gap)."""
+
+    method: str  # one of DISCOVERY_METHODS
+    group: int  # unique within method; the value of discovery_column(method)
+    n: int
+    errors: int
+    accuracy: float
+    accuracy_ci: list[float]
+    rest_accuracy: float
+    gap: float  # accuracy - rest_accuracy; negative = worse
+    gap_ci: list[float]  # Newcombe, as slices
+    p_value: float
+    q_value: float  # Benjamini-Hochberg over everything the method tested
+    description: str
+    predicate: dict[str, Any] | None  # search: membership is this conjunction
+    predicted_class: str | None  # strategy: the class whose maps were clustered
+    attention: Attention | None
+    heatmap: str | None  # discovered_heatmap_file(method, group)
+    significant: bool  # q < 0.05, gap_ci excludes 0 and n >= min_slice_size
+
+
+class AttentionEntry(TypedDict, total=False):
+    """One entry of ``metrics.json`` ``attention``: where a class, group or slice looks."""
+
+    scope: str  # "class", "group" or "slice"
+    name: str
+    method: str
+    n: int
+    grid: list[list[float]]
+    border: float
+    top_cell: str
+    flag: str | None  # a sentence when the mass sits off-centre or in a corner
+    heatmap: str | None
+
+
+class DiscoverySection(TypedDict, total=False):
+    """``metrics.json`` ``discovery``: per method its parameters, chosen k and criterion values;
+    notes such as a class with too few maps to cluster."""
+
+    methods: dict[str, dict[str, Any]]
+    notes: list[str]
+
+
 class Metrics(TypedDict, total=False):
     metrics_version: int
     options: dict[str, Any]
@@ -265,6 +347,9 @@ class Metrics(TypedDict, total=False):
     thresholds: dict[str, Any]
     explanations: dict[str, ExplanationQuality]  # added by the engine after compute_metrics
     notes: list[str]
+    discovered: list[DiscoveredGroup]  # added by discovery; absent in older stores
+    attention: list[AttentionEntry]
+    discovery: DiscoverySection
 
 
 class WorstSlice(TypedDict):

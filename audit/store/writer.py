@@ -89,6 +89,9 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+_datasync = getattr(os, "fdatasync", os.fsync)
+
+
 class NpyArray:
     """A preallocated ``.npy`` file whose rows are written in place.
 
@@ -127,7 +130,9 @@ class NpyArray:
                 os.pwrite(self.fd, chunk_rows.tobytes(), self.offset + int(chunk_pos[0]) * self.row_bytes)
 
     def flush(self) -> None:
-        os.fsync(self.fd)
+        # The file's size was fixed when it was made, so its data is all there is to sync:
+        # fdatasync skips the mtime update's metadata write (fsync where there is none: macOS).
+        _datasync(self.fd)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -282,7 +287,9 @@ class StoreWriter:
         has_state = (self.out / STATE).is_file()
         # A run killed during its TensorBoard export is complete but for the logs: redo only them.
         self.export_only = bool(resume and previous and previous.get("complete"))
-        if self.export_only and previous and previous.get("tensorboard") != schema.TENSORBOARD_PENDING:
+        pending = previous and (previous.get("tensorboard") == schema.TENSORBOARD_PENDING
+                                or previous.get("discovery") == schema.DISCOVERY_PENDING)
+        if self.export_only and not pending:
             raise StoreError("run is already complete; nothing to resume", self.out)
         # With nothing recorded yet (killed before its first state.json), --resume starts afresh.
         self.resuming = bool(resume and previous and (self.export_only or has_state))
@@ -438,6 +445,34 @@ class StoreWriter:
                 checkpoint("publish")
         self._forget(f"{schema.WORK_DIR}/")
         return [rel for _, rel in moves]
+
+    # -- replacing own files of a finished store (discovery's) ---------------------------------
+    def replacement(self, name: str) -> Path:
+        """An empty folder ``work/<name>/``, laid out like the store, for the files :meth:`commit` then
+        moves over the store's own; until then the files in place stay as they are."""
+        rel = f"{schema.WORK_DIR}/{name}/"
+        self._forget(rel)
+        self.own(rel)
+        (self.out / rel).mkdir(parents=True)
+        return self.out / rel
+
+    def commit(self, staging: Path, *, stale: str | None = None) -> list[str]:
+        """Move every file of ``staging`` (a :meth:`replacement` folder) to the same path in the store,
+        each an atomic rename, listed first; then remove the own files under ``stale`` (a folder prefix
+        such as ``discovered/``) that the move did not replace. Returns the moved paths."""
+        moves = [(p, p.relative_to(staging).as_posix()) for p in sorted(staging.rglob("*")) if p.is_file()]
+        self.own(*(rel for _, rel in moves))
+        for k, (src, rel) in enumerate(moves):
+            (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, self.out / rel)
+            if k == 0:
+                checkpoint("commit")
+        moved = {rel for _, rel in moves}
+        gone = {f for f in self.files if stale is not None and f.startswith(stale) and f not in moved}
+        _remove_listed(self.out, gone)
+        self.files -= gone
+        self._forget(staging.relative_to(self.out).as_posix() + "/")
+        return sorted(moved)
 
     def discard(self) -> None:
         """Remove everything this run wrote, after a mistake found midway (no image readable, NaN

@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +39,12 @@ from audit.store import schema
 from audit.store.reader import Reader
 from audit.store.schema import worst_slices
 from audit.store.writer import atomic_write_bytes, write_owned_file
+from audit.views.findings import meaning, slice_label, source, strongest_finding
 from audit.views.format import interval as _ci
 from audit.views.format import md_text
 from audit.views.format import number as _num
 from audit.views.format import with_interval as _with_ci
-from audit.viz import overlay
+from audit.viz import DEFAULT_MODE, HEAT_CMAP, MODE_WORDS, colorize, legend, render
 
 FORMATS = ("md", "html")
 MISTAKES = 12
@@ -50,6 +52,8 @@ CURVE_CLASSES = 10
 CONFUSION_MAX_CLASSES = 30
 INTERSECTIONS_SHOWN = 15
 EO_SLICES_SHOWN = 40
+ATTENTION_SHOWN = 8
+DISCOVERED_SHOWN = 20
 
 
 @dataclass
@@ -62,7 +66,12 @@ class Picture:
 
 @dataclass
 class Block:
-    """One piece of the report: ``heading``, ``text``, ``table``, ``pictures`` or ``bullets``."""
+    """One piece of the report: ``heading``, ``text``, ``table``, ``pictures`` or ``bullets``.
+
+    ``pictures`` with a ``grid`` keep each row's pictures together (one example: its image and every
+    map of it), so a narrow page wraps between examples, never inside one; ``pictures`` still lists
+    them all, so a reader of the blocks finds every picture in one place.
+    """
 
     kind: str
     text: str = ""
@@ -71,6 +80,7 @@ class Block:
     rows: list[list[str]] = field(default_factory=list)
     pictures: list[Picture] = field(default_factory=list)
     items: list[str] = field(default_factory=list)
+    grid: list[list[Picture | str]] = field(default_factory=list)  # rows of examples; str: "no map"
 
 
 def _plot_text(value) -> str:
@@ -124,8 +134,10 @@ def curves_picture(metrics: schema.Metrics) -> Picture | None:
             roc_ax.plot(avg["roc"]["fpr"], avg["roc"]["tpr"], "k" + style, lw=1.6,
                         label=f"{key} (AUC {_num(avg['roc_auc'], 2)})")
     roc_ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
-    pr_ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall")
-    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02), title="ROC")
+    # A little room past 1 on both axes, so a perfect class's curve is not hidden along the frame.
+    pr_ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.05), title="Precision-recall")
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(-0.02, 1), ylim=(0, 1.05),
+               title="ROC")
     for ax in (pr_ax, roc_ax):
         ax.legend(fontsize=7, loc="lower left" if ax is pr_ax else "lower right")
         ax.grid(alpha=0.3)
@@ -152,21 +164,33 @@ def reliability_picture(metrics: schema.Metrics) -> Picture | None:
     return Picture("reliability", _png(fig), "reliability diagram and confidence histogram")
 
 
-def slices_picture(rows: list[schema.WorstSlice], overall: float | None) -> Picture | None:
+def slices_figure(rows: list[schema.WorstSlice], metrics: schema.Metrics):
+    """The gap to the rest of each slice with its 95% interval, worst at the top: the chart draws what the
+    table sorts by (accuracy alone would not be in that order)."""
+    rows = rows[:15]
+    fig, ax = _figure(8, 0.45 * len(rows) + 1.2)
+    gap = np.array([r["gap"] for r in rows], float)
+    lo = np.array([np.nan if r["gap_ci"][0] is None else r["gap_ci"][0] for r in rows], float)
+    hi = np.array([np.nan if r["gap_ci"][1] is None else r["gap_ci"][1] for r in rows], float)
+    ax.barh(range(len(rows)), gap, color="#e45756", xerr=[gap - lo, hi - gap], capsize=3)
+    labels = [_plot_text(slice_label(metrics, r["column"], r["value"])) for r in rows]
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()  # row 0, the worst, on top
+    ax.axvline(0, color="k", lw=1)
+    left = float(np.nanmin(np.concatenate([lo, gap])))
+    ax.set_xlim(min(left * 1.08, -0.05), max(0.02, float(np.nanmax(np.concatenate([hi, gap]))) + 0.02))
+    ax.set(xlabel="accuracy of the slice minus the rest, percentage points (95% CI)",
+           title="Flagged slices, worst gap first")
+    ax.xaxis.set_major_formatter(lambda x, _: f"{x * 100:.0f}".replace("-", "−") if abs(x) > 1e-9 else "0")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def slices_picture(rows: list[schema.WorstSlice], metrics: schema.Metrics) -> Picture | None:
     if not rows:
         return None
-    rows = rows[:15][::-1]
-    fig, ax = _figure(8, 0.45 * len(rows) + 1.2)
-    acc = np.array([r["accuracy"] for r in rows])
-    lo = np.array([r["ci"][0] for r in rows])
-    hi = np.array([r["ci"][1] for r in rows])
-    ax.barh(range(len(rows)), acc, color="#e45756", xerr=[acc - lo, hi - acc], capsize=3)
-    ax.set_yticks(range(len(rows)), [_plot_text(f"{r['column']} = {r['value']}") for r in rows], fontsize=8)
-    if overall is not None:
-        ax.axvline(overall, color="k", lw=1, ls="--", label=f"overall {_num(overall)}")
-        ax.legend(fontsize=8, loc="lower right")
-    ax.set(xlim=(0, 1), xlabel="accuracy (95% CI)", title="Flagged slices, worst first")
-    return Picture("slices", _png(fig), "accuracy of flagged slices with 95% intervals")
+    return Picture("slices", _png(slices_figure(rows, metrics)),
+                   "gap to the rest of each flagged slice, with 95% intervals")
 
 
 def confusion_picture(metrics: schema.Metrics) -> Picture | None:
@@ -274,11 +298,12 @@ def _flagged_blocks(metrics: schema.Metrics, tested: int, draw: bool) -> list[Bl
                       "interval of the gap, worst first. Gap = slice accuracy minus the accuracy of all other "
                       "examples."),
         Block("table", headers=["#", "slice", "n", "accuracy [95% CI]", "gap to rest [95% CI]", "note"],
-              rows=[[str(i + 1), f"{r['column']} = {r['value']}", str(r["n"]), _with_ci(r["accuracy"], r["ci"]),
+              rows=[[str(i + 1), slice_label(metrics, r["column"], r["value"]), str(r["n"]),
+                     _with_ci(r["accuracy"], r["ci"]),
                      _with_ci(r["gap"], r["gap_ci"], is_signed=True), "too small" if r["too_small"] else ""]
                     for i, r in enumerate(worst)]),
     ]
-    picture = slices_picture(worst, metrics.get("accuracy")) if draw else None
+    picture = slices_picture(worst, metrics) if draw else None
     if picture:
         blocks.append(Block("pictures", pictures=[picture]))
     return blocks
@@ -294,7 +319,7 @@ def _intersection_blocks(metrics: schema.Metrics, tested: int) -> list[Block]:
         Block("text", "Value pairs significantly worse than the other examples of each value alone. These are "
                       f"exploratory: {tested} slices were tested, so a few flags are expected by chance."),
         Block("table", headers=["slice", "n", "accuracy [95% CI]", "gap to rest [95% CI]"],
-              rows=[[f"{r['column']} = {r['value']}", str(r["n"]), _with_ci(r["accuracy"], r["ci"]),
+              rows=[[slice_label(metrics, r["column"], r["value"]), str(r["n"]), _with_ci(r["accuracy"], r["ci"]),
                      _with_ci(r["gap"], r["gap_ci"], is_signed=True)] for r in pairs[:INTERSECTIONS_SHOWN]]),
     ]
 
@@ -406,6 +431,110 @@ def _explanation_sections(metrics: schema.Metrics) -> list[Block]:
     ]
 
 
+def _map_methods(run: Reader) -> list[str]:
+    return [m for m in run.heatmap_methods if m != "activations"]
+
+
+def _has_images(run: Reader) -> bool:
+    try:
+        run.image(0)
+    except (StoreError, IndexError):
+        return False
+    return True
+
+
+def _example_row(run: Reader, index: int, caption: str, methods: list[str]) -> list[Picture | str]:
+    """One example: its image, then each method's map over it ("no map" where it has none)."""
+    image = run.image(index)
+    row: list[Picture | str] = [Picture(f"example_{index}", _image_png(render(image, at_least=128)), caption,
+                                        width=128)]
+    for method in methods:
+        if not run.has_heatmap(index):
+            row.append(f"{method}: no map")
+            continue
+        empty = run.no_signal(method, index)
+        shown = render(image, at_least=128) if empty else render(image, run.heatmap(method, index), at_least=128)
+        row.append(Picture(f"example_{index}_{schema.file_stem(method)}", _image_png(shown),
+                           f"#{index}: {method}" + (f": no signal ({empty})" if empty else ""), width=128))
+    return row
+
+
+def _caption(run: Reader, r) -> str:
+    names = run.class_names
+    verdict = "right" if bool(r["correct"]) else "wrong"
+    return (f"#{int(r['index'])}: true {names[int(r['label'])]}, predicted {names[int(r['pred'])]} "
+            f"({_num(r['confidence'], 2)}, {verdict})")
+
+
+def _legend_picture() -> Picture:
+    return Picture("legend", _image_png(legend(DEFAULT_MODE, width=256, height=14)),
+                   f"low to high relevance: {MODE_WORDS[DEFAULT_MODE]}", width=256)
+
+
+def _grid(run: Reader, indices, methods: list[str]) -> Block:
+    frame = run.predictions.set_index("index", drop=False)
+    rows = [_example_row(run, int(i), _caption(run, frame.loc[int(i)]), methods) for i in indices]
+    flat = [p for row in rows for p in row if isinstance(p, Picture)]
+    return Block("pictures", headers=["example", "image", *methods], pictures=flat, grid=rows)
+
+
+def _finding_sections(run: Reader, draw: bool) -> list[Block]:
+    """The strongest finding first: its sentence, what it means, its mean map and its worst members."""
+    finding = strongest_finding(run)
+    if finding is None:
+        return []
+    blocks = [Block("heading", "Strongest finding"), Block("text", finding.sentence + "."),
+              Block("text", meaning(finding))]
+    found = source(finding)
+    if found:
+        blocks.append(Block("text", found[0].upper() + found[1:] + "."))
+    if not (draw and _has_images(run) and len(finding.worst)):
+        return blocks
+    methods = _map_methods(run)
+    if finding.heatmap is not None:
+        mean = colorize(np.clip(np.asarray(finding.heatmap, np.float32), 0, 1), HEAT_CMAP)
+        where = f"where {finding.label}" if finding.kind == "slice" or "predicate" in finding.filter else "in the group"
+        blocks.append(Block("pictures", pictures=[
+            Picture("finding_mean_map", _image_png(render(mean, at_least=128)),
+                    f"mean map of the {finding.n} examples {where}", width=128),
+            _legend_picture(),
+        ]))
+    blocks.append(Block("text", f"Its {len(finding.worst)} worst members: mistakes first, most confident first."))
+    blocks.append(_grid(run, finding.worst, methods))
+    return blocks
+
+
+def _discovery_sections(run: Reader) -> list[Block]:
+    """Groups found without annotations (error slices, heatmap strategies, searched conjunctions)."""
+    groups = run.discovered()
+    blocks: list[Block] = []
+    if groups:
+        blocks += [
+            Block("heading", "Discovered groups"),
+            Block("text", "Groups found by discovery, strongest first; q = Benjamini-Hochberg q-value over every "
+                          "group its method tested. Significant: q < 0.05 and the gap's interval excludes zero."),
+            Block("table", headers=["method", "group", "n", "accuracy [95% CI]", "gap to rest [95% CI]", "q",
+                                    "significant"],
+                  rows=[[str(g.get("method")), str(g.get("description") or g.get("group")), str(g.get("n")),
+                         _with_ci(g.get("accuracy"), g.get("accuracy_ci")),
+                         _with_ci(g.get("gap"), g.get("gap_ci"), is_signed=True),
+                         "n/a" if g.get("q_value") is None else f"{g['q_value']:.2g}",
+                         "yes" if g.get("significant") else "no"] for g in groups[:DISCOVERED_SHOWN]]),
+        ]
+    flagged = [a for a in run.attention() if a.get("flag")]
+    # Every class first (few, and what a reader asks first), then the groups and slices, which can be many.
+    ordered = [a for a in flagged if a.get("scope") == "class"] + [a for a in flagged if a.get("scope") != "class"]
+    flags = [str(a["flag"]) for a in ordered[:ATTENTION_SHOWN]]
+    if len(ordered) > ATTENTION_SHOWN:
+        flags.append(f"... and {len(ordered) - ATTENTION_SHOWN} more groups and slices flagged (see the app)")
+    if flags:
+        blocks += [Block("heading", "Where the model looks", level=3), Block("bullets", items=flags)]
+    notes = list(((run.metrics.get("discovery") or {}).get("notes")) or [])
+    if notes:
+        blocks.append(Block("bullets", items=notes))
+    return blocks
+
+
 def _mistake_sections(run: Reader, draw: bool) -> list[Block]:
     frame = run.predictions
     wrong = frame[~frame["correct"].astype(bool)].sort_values("confidence", ascending=False, kind="stable")
@@ -414,12 +543,7 @@ def _mistake_sections(run: Reader, draw: bool) -> list[Block]:
     wrong = wrong.head(MISTAKES)
     names = run.class_names
     blocks = [Block("heading", "Most confident mistakes")]
-    methods = run.heatmap_methods
-    try:
-        run.image(int(wrong["index"].iloc[0]))
-        has_images = True
-    except StoreError:
-        has_images = False
+    has_images = _has_images(run)
     if not (has_images and draw):
         if not has_images:
             blocks.append(Block("text", "The run stored no images; the mistakes are listed without pictures."))
@@ -429,23 +553,12 @@ def _mistake_sections(run: Reader, draw: bool) -> list[Block]:
                    _num(r["confidence"])] for _, r in wrong.iterrows()],
         ))
         return blocks
-    pictures = []
-    for _, r in wrong.iterrows():
-        index = int(r["index"])
-        image = run.image(index)
-        caption = (f"#{index}: true {names[int(r['label'])]}, predicted {names[int(r['pred'])]} "
-                   f"({_num(r['confidence'], 2)})")
-        pictures.append(Picture(f"mistake_{index}", _image_png(image), caption, width=128))
-        if run.has_heatmap(index):
-            for method in methods:
-                empty = run.no_signal(method, index)
-                shown = image if empty else overlay(image, run.heatmap(method, index), 0.5)
-                pictures.append(Picture(f"mistake_{index}_{schema.file_stem(method)}", _image_png(shown),
-                                        f"#{index}: {method}" + (f": no signal ({empty})" if empty else ""),
-                                        width=128))
+    methods = _map_methods(run)
     if not any(run.has_heatmap(int(i)) for i in wrong["index"]):
         blocks.append(Block("text", "None of these examples has a stored heatmap."))
-    blocks.append(Block("pictures", pictures=pictures))
+    elif methods:
+        blocks.append(Block("pictures", pictures=[_legend_picture()]))
+    blocks.append(_grid(run, wrong["index"].to_numpy(), methods))
     return blocks
 
 
@@ -470,8 +583,10 @@ def build_report(run: Reader, *, pictures: bool = True) -> tuple[str, list[Block
     words = preprocessing_words(run.manifest.get("preprocessing"))
     if words:
         blocks.append(Block("text", f"preprocessing: {words}"))
+    blocks += _finding_sections(run, pictures)
     blocks += [Block("heading", "Headline"), _headline(metrics)]
     blocks += _slice_sections(metrics, pictures)
+    blocks += _discovery_sections(run)
     blocks += _model_sections(metrics, pictures)
     blocks += _threshold_sections(metrics)
     blocks += _explanation_sections(metrics)
@@ -487,12 +602,37 @@ CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto;
        padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+@media (max-width: 900px) { table { display: block; max-width: 100%; overflow-x: auto; } }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f3f3f3; }
-figure { display: inline-block; margin: 0.3em; vertical-align: top; }
+td.num { white-space: nowrap; }
+figure { display: inline-block; margin: 0.3em; vertical-align: top; max-width: 100%; }
+figure img { max-width: 100%; height: auto; }
 figcaption { font-size: 0.75em; max-width: 260px; color: #555; }
 img.small { image-rendering: pixelated; }
+.grid { display: flex; flex-wrap: wrap; gap: 0.6em 1.2em; margin: 0.6em 0; padding: 0; list-style: none; }
+.example { display: flex; flex-wrap: nowrap; gap: 0.3em; align-items: flex-start; max-width: 100%;
+           border-top: 1px solid #ddd; padding-top: 0.3em; }
+.example figure { margin: 0; width: 128px; flex: 0 1 auto; min-width: 0; }
+.example .missing { width: 128px; flex: 0 1 auto; min-width: 0; margin: 0; font-size: 0.75em; color: #777;
+                    padding-top: 3em; text-align: center; }
 """
+
+
+# A number with its interval ("0.509 [0.434, 0.584]") reads only on one line.
+_NUMERIC = re.compile(r"^[-+]?(\d|n/a)[\d.]*(e[-+]?\d+)?( \[[-+]?[\d.]+, [-+]?[\d.]+\])?$")
+
+
+def _html_cell(text: str) -> str:
+    cls = ' class="num"' if _NUMERIC.match(text) else ""
+    return f"<td{cls}>{html.escape(text)}</td>"
+
+
+def _html_figure(p: Picture) -> str:
+    data = base64.b64encode(p.png).decode("ascii")
+    size = f' width="{p.width}" class="small"' if p.width else ""
+    alt = html.escape(p.alt)
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"{size}><figcaption>{alt}</figcaption></figure>'
 
 
 def render_html(title: str, blocks: list[Block]) -> str:
@@ -508,14 +648,17 @@ def render_html(title: str, blocks: list[Block]) -> str:
             out.append("<ul>" + "".join(f"<li>{esc(i)}</li>" for i in b.items) + "</ul>")
         elif b.kind == "table":
             head = "".join(f"<th>{esc(h)}</th>" for h in b.headers)
-            body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in b.rows)
+            body = "".join("<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in b.rows)
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif b.kind == "pictures" and not b.grid:
+            out.extend(_html_figure(p) for p in b.pictures)
         elif b.kind == "pictures":
-            for p in b.pictures:
-                data = base64.b64encode(p.png).decode("ascii")
-                size = f' width="{p.width}" class="small"' if p.width else ""
-                out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(p.alt)}"{size}>'
-                           f"<figcaption>{esc(p.alt)}</figcaption></figure>")
+            # A list of examples: each item one example's pictures, which wrap between items, not inside.
+            out.append('<ul class="grid">' + "".join(
+                '<li class="example">' + "".join(
+                    _html_figure(p) if isinstance(p, Picture) else f'<p class="missing">{esc(p)}</p>'
+                    for p in row) + "</li>"
+                for row in b.grid) + "</ul>")
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -538,14 +681,28 @@ def render_markdown(title: str, blocks: list[Block], assets: str) -> tuple[str, 
             out.append("|" + "---|" * len(b.headers))
             out += ["| " + " | ".join(md_text(c) for c in row) + " |" for row in b.rows]
             out.append("")
-        elif b.kind == "pictures":
+        elif b.kind == "pictures" and not b.grid:
             for p in b.pictures:
-                rel = f"{assets}/{p.name}.png"
-                files[rel] = p.png
-                # The folder is named after the report file, which may hold spaces or parentheses.
-                out.append(f"![{md_text(p.alt)}]({urllib.parse.quote(rel)})")
+                files[f"{assets}/{p.name}.png"] = p.png
+                out.append(_md_picture(p, assets))
+            out.append("")
+        elif b.kind == "pictures":  # a table: one row per example, so its pictures stay together
+            out.append("| " + " | ".join(md_text(h) for h in b.headers) + " |")
+            out.append("|" + "---|" * len(b.headers))
+            for row in b.grid:
+                cells = [md_text(row[0].alt if isinstance(row[0], Picture) else row[0])]
+                for cell in row:
+                    if isinstance(cell, Picture):
+                        files[f"{assets}/{cell.name}.png"] = cell.png
+                    cells.append(_md_picture(cell, assets) if isinstance(cell, Picture) else md_text(cell))
+                out.append("| " + " | ".join(cells) + " |")
             out.append("")
     return "\n".join(out), files
+
+
+def _md_picture(p: Picture, assets: str) -> str:
+    # The folder is named after the report file, which may hold spaces or parentheses.
+    return f"![{md_text(p.alt)}]({urllib.parse.quote(f'{assets}/{p.name}.png')})"
 
 
 def write_report(store_dir: Path, fmt: str = "html", out: Path | None = None) -> Path:

@@ -33,9 +33,11 @@ _WINNER = {"a": ("A better", "bold cyan"), "b": ("B better", "bold magenta"), "t
 
 
 def _console(console=None):
+    """The summary's console: soft wrap, so a long command or path is never broken over lines (a pipe
+    or a file gets 80 columns from rich, and a hard-wrapped command cannot be pasted)."""
     from rich.console import Console
 
-    return console if console is not None else Console(highlight=False)
+    return console if console is not None else Console(highlight=False, soft_wrap=True)
 
 
 def _table(title: str | None, *columns: str):
@@ -56,11 +58,61 @@ def _winner(side):
 
 
 # -- the summary of one run --------------------------------------------------------------------
+def _finding_lines(finding) -> list:
+    """The strongest finding first: its sentence, what it means, how it was found."""
+    from rich.text import Text
+
+    from audit.views.findings import meaning, source
+
+    lines = [Text.assemble(("\nStrongest finding: ", "bold red"), (finding.sentence, "bold")),
+             Text("  " + meaning(finding))]
+    found = source(finding)
+    if found:
+        lines.append(Text(f"  {found[0].upper()}{found[1:]}."))
+    return lines
+
+
+def _worst_slices(run, finding) -> list:
+    """The flagged slices table; under it, the worst slice in words when the finding is not that slice."""
+    from rich.text import Text
+
+    from audit.views.findings import drop_sentence, slice_label
+
+    worst = run.worst_slices(k=5)
+    if not worst:
+        return [Text("No slice differs from the rest beyond its confidence interval.")]
+    table = _table("Worst flagged slices (gap to the rest, 95% CI)", "slice", "n", "accuracy", "gap")
+    for row in worst:
+        table.add_row(Text(slice_label(run.metrics, row["column"], row["value"])), str(row["n"]),
+                      number(row["accuracy"]),
+                      with_interval(row["gap"], row["gap_ci"], is_signed=True))
+    parts: list = [Text(), table]
+    top = worst[0]
+    repeated = finding is not None and finding.filter == {"column": top["column"], "value": top["value"]}
+    if not repeated and None not in top["gap_ci"]:
+        where = f"where {slice_label(run.metrics, top['column'], top['value'])}"
+        parts.append(Text("  Worst slice: " + drop_sentence(top["gap"], top["gap_ci"], where, top["n"])))
+    return parts
+
+
+def _commands(store: Path) -> list[str]:
+    """Where to look next, as commands that paste: the store path quoted for a shell."""
+    where = shlex.quote(str(store))
+    lines = [f"\nResults: {store}", f"  app:         keras-audit app {where}"]
+    if (Path(store) / schema.TENSORBOARD_DIR).is_dir():
+        logs = shlex.quote(str(Path(store) / schema.TENSORBOARD_DIR))
+        lines.append(f"  TensorBoard: tensorboard --logdir {logs} --host 127.0.0.1")
+    lines.append(f"  report:      keras-audit report {where}")
+    return lines
+
+
 def print_summary(store: Path, console=None) -> None:
-    """Print the headline of a finished run: accuracy, worst slices, where to look next."""
+    """Print the headline of a finished run: the strongest finding in words, accuracy, worst slices,
+    where to look next."""
     from rich.text import Text
 
     from audit.store.reader import Reader
+    from audit.views.findings import strongest_finding
 
     console = _console(console)
     run = Reader(store)
@@ -70,24 +122,16 @@ def print_summary(store: Path, console=None) -> None:
         (number(m["accuracy"]), "bold"), f", balanced accuracy {number(m.get('balanced_accuracy'))}",
         " (logits: softmax applied)" if model.get("softmax_applied") else "",
     ))
+    finding = strongest_finding(run)
+    for part in (_finding_lines(finding) if finding is not None else []):
+        console.print(part)
     for note in run.manifest.get("notes", []):
         console.print(Text.assemble(("note: ", "yellow"), str(note)))
-    worst = run.worst_slices(k=5)
-    if worst:
-        table = _table("Worst flagged slices (gap to the rest, 95% CI)", "slice", "n", "accuracy", "gap")
-        for row in worst:
-            table.add_row(Text(f"{row['column']} = {row['value']}"), str(row["n"]), number(row["accuracy"]),
-                          with_interval(row["gap"], row["gap_ci"], is_signed=True))
-        console.print(table)
-    else:
-        console.print("No slice differs from the rest beyond its confidence interval.")
-    where = str(store)
-    lines = [f"\nResults: {where}", f"  app:         keras-audit app {where}"]
-    if (Path(store) / schema.TENSORBOARD_DIR).is_dir():
-        lines.append(f"  TensorBoard: tensorboard --logdir {Path(store) / schema.TENSORBOARD_DIR} --host 127.0.0.1")
-    lines.append(f"  report:      keras-audit report {where}")
-    for line in lines:
-        console.print(Text(line))
+    for part in _worst_slices(run, finding):
+        console.print(part)
+    for line in _commands(store):
+        # soft_wrap: a command is one line whatever the width; the terminal may fold it, a pipe never does
+        console.print(Text(line), soft_wrap=True)
 
 
 # -- the comparison of two runs ----------------------------------------------------------------

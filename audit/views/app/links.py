@@ -39,7 +39,7 @@ GALLERY_DEFAULTS = {
     "g_page": 1,
 }
 KEPT = (*GALLERY_DEFAULTS, "ex_index", "ex_layer", "ex_alpha", "sl_annotation", "sl_pair", "cv_class",
-        "cv_threshold", "cv_slice_column")
+        "cv_threshold", "cv_slice_column", "cmp_column")
 
 REQUEST = "_gallery_request"
 EXAMPLE_INDEX = "ex_index"
@@ -61,6 +61,8 @@ def open_gallery(**filters) -> None:
     unknown = set(filters) - {k[2:] for k in GALLERY_DEFAULTS}
     if unknown:
         raise ValueError(f"unknown gallery filter(s): {', '.join(sorted(unknown))}")
+    if "values" in filters:  # slice values are text (a discovered group's number too: "3")
+        filters["values"] = [str(v) for v in filters["values"]]
     st.session_state[REQUEST] = filters
     st.switch_page(GALLERY)
 
@@ -99,6 +101,42 @@ def linked_example(values: list[str], indices) -> tuple[int | None, str | None]:
         span = f" ({min(indices)}–{max(indices)})" if len(indices) else ""
         return None, f"Ignored the link's example={shown}: not an example index of this run{span}."
     return index, None
+
+
+def from_url(param: str, key: str, allowed, *, why: str) -> str | None:
+    """Before the widget ``key`` is drawn: a link's ``?param=`` becomes its value, once per distinct link.
+
+    ``allowed`` are the widget's options; the link's text is matched against ``str`` of each, so
+    a shared view opens as it was. A value that is not one of them (typed, or from another run)
+    is ignored, and the notice returned says so, ending with ``why`` ("not an annotation of this
+    run"); None when there was nothing to apply or it applied.
+    """
+    given = st.query_params.get_all(param)
+    seen = f"_url_{param}"
+    if not given or given == st.session_state.get(seen):
+        return None
+    st.session_state[seen] = given
+    options = {str(a): a for a in allowed}
+    distinct = list(dict.fromkeys(given))
+    if len(distinct) == 1 and distinct[0] in options:
+        st.session_state[key] = options[distinct[0]]
+        return None
+    shown = md_text(", ".join(distinct))
+    return f"Ignored the link's {param}={shown}: {why}."
+
+
+def to_url(**params) -> None:
+    """Write the view's state into the address bar (None removes a key), so the address can be shared."""
+    for param, value in params.items():
+        if value is None:
+            if param in st.query_params:
+                del st.query_params[param]
+            st.session_state.pop(f"_url_{param}", None)
+            continue
+        text = str(value)
+        if st.query_params.get_all(param) != [text]:
+            st.query_params[param] = text
+        st.session_state[f"_url_{param}"] = [text]
 
 
 def open_example(index: int) -> None:

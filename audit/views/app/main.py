@@ -17,6 +17,7 @@ import streamlit as st
 
 from audit.errors import StoreError
 from audit.views.app import links, store_cache
+from audit.views.app.screens import discoveries
 from audit.views.format import md_text
 from audit.views.report import preprocessing_words
 
@@ -77,6 +78,27 @@ def sidebar_summary(run: store_cache.RunRef, title: str) -> None:
     )
 
 
+def choose_shown(runs: list[store_cache.RunRef]) -> str | None:
+    """With two runs, the sidebar's choice of which one every page shows (``?run=a|b|both``).
+
+    Returns the notice for a link's ``run`` that this session cannot show, else None.
+    """
+    if len(runs) < 2:
+        given = st.query_params.get_all("run")
+        links.to_url(run=None)
+        if given and given != ["a"]:
+            return f"Ignored the link's run={md_text(', '.join(given))}: this app shows one run."
+        return None
+    notice = links.from_url("run", store_cache.SHOWN, store_cache.SHOW_CHOICES, why="it takes a, b or both")
+    st.session_state.setdefault(store_cache.SHOWN, "a")
+    names = {"a": f"A · {runs[0].name}", "b": f"B · {runs[1].name}", "both": "A and B side by side"}
+    choice = st.sidebar.radio("Show", store_cache.SHOW_CHOICES, key=store_cache.SHOWN,
+                              format_func=lambda c: md_text(names[c]),  # radio options are Markdown
+                              help="which run every page shows; pages that cannot put two runs side by side show A")
+    links.to_url(run=choice)
+    return notice
+
+
 def main() -> None:
     st.set_page_config(page_title="keras-audit", page_icon=":material/search:", layout="wide")
     links.keep_widget_state()
@@ -96,6 +118,7 @@ def main() -> None:
     sidebar_summary(runs[0], "A" if len(runs) > 1 else "Run")
     if len(runs) > 1:
         sidebar_summary(runs[1], "B")
+    notice = choose_shown(runs)
     pages = [
         st.Page(links.OVERVIEW, title="Overview", icon=":material/dashboard:", default=True),
         st.Page(links.GALLERY, title="Gallery", icon=":material/photo_library:"),
@@ -103,10 +126,14 @@ def main() -> None:
         st.Page(links.SLICES, title="Slices", icon=":material/pie_chart:"),
         st.Page(links.CURVES, title="Curves & thresholds", icon=":material/show_chart:"),
         st.Page(links.CALIBRATION, title="Calibration", icon=":material/target:"),
+        *discoveries.pages(runs[0]),  # one page per discovery method the run holds
     ]
     if len(runs) > 1:
         pages.append(st.Page(links.COMPARE, title="Compare A and B", icon=":material/compare:"))
-    st.navigation(pages).run()
+    page = st.navigation(pages)
+    if notice:
+        st.info(notice, icon=":material/link_off:")
+    page.run()
 
 
 if __name__ == "__main__":

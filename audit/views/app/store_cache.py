@@ -81,15 +81,44 @@ def find_runs(root: str | Path, max_depth: int = 3) -> list[tuple[Path, str]]:
 
 
 _ACTIVE = "_active_runs"
+# Session key of the sidebar's choice of run to show, and its choices (also the ``?run=`` values).
+SHOWN = "run_shown"
+SHOW_CHOICES = ("a", "b", "both")
 
 
 def set_active(run: RunRef, run_b: RunRef | None) -> None:
     st.session_state[_ACTIVE] = (run, run_b)
 
 
-def active() -> tuple[RunRef, RunRef | None]:
-    """The run (and the run to compare with) of this session; ``main.py`` sets them before any page runs."""
+def runs() -> tuple[RunRef, RunRef | None]:
+    """Run A and run B (None with one run) as started, whatever the sidebar shows: the compare page's pair."""
     return st.session_state[_ACTIVE]
+
+
+def shown() -> list[RunRef]:
+    """The runs the pages show, as the sidebar chose: ``[A]``, ``[B]`` or ``[A, B]``."""
+    run_a, run_b = runs()
+    choice = st.session_state.get(SHOWN, "a") if run_b is not None else "a"
+    if run_b is None or choice not in ("b", "both"):
+        return [run_a]
+    return [run_b] if choice == "b" else [run_a, run_b]
+
+
+def active() -> tuple[RunRef, RunRef | None]:
+    """The run a page shows (run B when the sidebar says so) and the other run, or None with one run.
+
+    A page that can put two runs side by side asks :func:`shown`; with "A and B" chosen, a
+    page that shows one run shows A.
+    """
+    run_a, run_b = runs()
+    first = shown()[0]
+    return first, (run_b if first == run_a else run_a)
+
+
+def run_letter(run: RunRef) -> str:
+    """"A" or "B": how the sidebar names ``run`` when two are open ("" with one)."""
+    run_a, run_b = runs()
+    return "" if run_b is None else ("A" if run == run_a else "B")
 
 
 # -- cached reads (private functions take the hashable key, public ones a RunRef) -------------
@@ -163,21 +192,110 @@ def no_signal_info(run: RunRef, method: str) -> dict:
 
 
 # -- slices ---------------------------------------------------------------------------
+DISCOVERED_KIND = "discovered"  # the ``kind`` of a discovery column among the slice columns
+
+
+def _discovered_groups(run: RunRef, column: str) -> list[dict]:
+    method = next((m for m in schema.DISCOVERY_METHODS if schema.discovery_column(m) == column), None)
+    return [] if method is None else [dict(g) for g in reader(run).discovered(method)]
+
+
+def discovery_columns(run: RunRef) -> list[schema.SliceColumnInfo]:
+    """The run's discovery columns (``found_errors``, ``found_strategy``) shaped like slice columns:
+    each group is a value named by its number (as text), in the order discovery ranked them."""
+    present = set(predictions(run).columns)
+    out: list[schema.SliceColumnInfo] = []
+    for column in schema.DISCOVERY_COLUMNS:
+        groups = _discovered_groups(run, column)
+        if column in present and groups:
+            out.append({"column": column, "columns": [column], "kind": DISCOVERED_KIND, "builtin": True,
+                        "values": [str(int(g["group"])) for g in groups], "bin_edges": None,
+                        "missing": int(predictions(run)[column].isna().sum()), "disparity": None})
+    return out
+
+
 def slice_columns(run: RunRef) -> list[schema.SliceColumnInfo]:
-    """The sliced columns of the run (single annotations first, then pairs), as stored."""
+    """The sliced columns of the run (single annotations first, then pairs), as stored; a page
+    that offers discovered groups beside them adds :func:`discovery_columns`."""
     return list((metrics(run).get("slices") or {}).get("columns") or [])
 
 
+def _discovered_rows(run: RunRef, column: str) -> list[dict]:
+    """A discovery column's groups as slice rows (the stored figures, renamed; nothing recomputed)."""
+    least = int((metrics(run).get("slices") or {}).get("min_slice_size") or 0)
+    return [{"column": column, "columns": [column], "value": str(int(g["group"])), "n": int(g["n"]),
+             "accuracy": g["accuracy"], "accuracy_ci": g.get("accuracy_ci"), "rest_accuracy": g.get("rest_accuracy"),
+             "gap": g["gap"], "gap_ci": g.get("gap_ci"), "flagged": bool(g.get("significant")),
+             "too_small": int(g["n"]) < least, "description": g.get("description"),
+             "label": f"group {int(g['group'])}" + (f": {g['description']}" if g.get("description") else "")}
+            for g in _discovered_groups(run, column)]
+
+
 def slice_rows(run: RunRef, column: str | None = None) -> pd.DataFrame:
-    """Stored per-slice rows, optionally of one column, with the intervals split into lo/hi."""
-    rows = (metrics(run).get("slices") or {}).get("rows") or []
+    """Stored per-slice rows, optionally of one column, with the intervals split into lo/hi.
+
+    A discovery column's groups come as rows too, but only when asked for by name: the
+    annotation slices alone are the run's tested slices.
+    """
+    rows: list = (_discovered_rows(run, column) if column in schema.DISCOVERY_COLUMNS
+                  else (metrics(run).get("slices") or {}).get("rows") or [])
     frame = pd.DataFrame([r for r in rows if column is None or r["column"] == column])
     if frame.empty:
         return frame
     for key in ("accuracy_ci", "gap_ci"):
         frame[f"{key}_lo"] = [c[0] if c else None for c in frame[key]]
         frame[f"{key}_hi"] = [c[1] if c else None for c in frame[key]]
+    if "label" not in frame:  # discovered groups come named by their description
+        frame["label"] = [slice_label(r) for r in frame.to_dict("records")]
     return frame
+
+
+def slice_label(row: dict) -> str:
+    """A slice in words that say which annotation each value belongs to.
+
+    >>> slice_label({"column": "cue", "value": "no", "columns": ["cue"]})
+    'cue = no'
+    >>> slice_label({"column": "cue & bg", "value": "no & dark", "columns": ["cue", "bg"], "values": ["no", "dark"]})
+    'cue=no & bg=dark'
+    """
+    columns, values = list(row.get("columns") or [row["column"]]), row.get("values")
+    if len(columns) < 2 or not values or len(values) != len(columns):
+        return f"{row['column']} = {row['value']}"
+    return " & ".join(f"{c}={v}" for c, v in zip(columns, values))
+
+
+@dataclass(frozen=True)
+class Flagged:
+    """The flagged slices a page lists, worst gap first, and the counts its sentence quotes.
+
+    ``flagged`` and ``tested`` count the same rows the list is drawn from (single annotations
+    only unless pairs are included); ``expected`` is what chance alone would flag among them.
+    """
+
+    rows: pd.DataFrame
+    flagged: int
+    tested: int
+    expected: float
+
+
+def flagged_slices(run: RunRef, *, pairs: bool) -> Flagged:
+    """Flagged slices of ``run`` worst first; a two-valued annotation is listed once, by its worse side.
+
+    With two values each is the other's "rest", so the second row only mirrors the first
+    (same interval, opposite sign): listing both would count one finding twice.
+    """
+    rows = slice_rows(run)
+    if rows.empty:
+        return Flagged(rows, 0, 0, 0.0)
+    if not pairs:
+        rows = rows[[len(c) == 1 for c in rows["columns"]]]
+    tested = rows[~rows["too_small"]]
+    two_valued = {c for c, k in tested.groupby("column").size().items() if k == 2}
+    mirror = tested["column"].isin(two_valued) & (tested["gap"] > 0)
+    kept = tested[~mirror]
+    flagged = kept[kept["flagged"]].sort_values(["gap", "n"], ascending=[True, False])
+    # 95% intervals: one test in twenty excludes zero by chance (the stored summary's rule).
+    return Flagged(flagged.reset_index(drop=True), len(flagged), len(kept), round(0.05 * len(kept), 1))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -187,7 +305,11 @@ def _slice_labels(path: str, mtime: float, column: str) -> np.ndarray:
 
 
 def slice_labels(run: RunRef, column: str) -> np.ndarray:
-    """The slice value (as named in metrics.json) of every example for ``column``."""
+    """The slice value (as named in metrics.json) of every example for ``column``; for a discovery
+    column, the group's number as text (None where the row is in no group)."""
+    if column in schema.DISCOVERY_COLUMNS:
+        groups = predictions(run)[column]
+        return np.array([None if pd.isna(g) else str(int(g)) for g in groups], dtype=object)
     return _slice_labels(run.path, run.mtime, column)
 
 

@@ -17,8 +17,12 @@ from audit.views.format import interval, md_text, percent
 
 PER_PAGE = 8
 WINNER = {"a": "A better", "b": "B better", "tie": "no clear winner", None: "—"}
+# Table headers in words (the frames keep the stored names).
+HEADERS = {"recall_a": "recall A", "recall_b": "recall B", "accuracy_a": "accuracy A", "accuracy_b": "accuracy B",
+           "difference": "B − A", "interval": "B − A, 95% interval", "n": "examples", "too_small": "too small to test",
+           "column": "annotation", "value": "slice"}
 
-run_a, run_b = store_cache.active()
+run_a, run_b = store_cache.runs()  # the pair as started, whichever run the sidebar shows
 st.title("Compare A and B")
 if run_b is None:
     st.info("Start the app with two runs of the same examples (`keras-audit app OUT_A OUT_B`) to compare them.")
@@ -49,7 +53,8 @@ def _differences(frame: pd.DataFrame, columns: list[str], numbers: tuple[str, ..
     table = frame.assign(interval=[difference_interval(c) for c in frame["difference_ci"]],
                          winner=[WINNER[w] for w in frame["winner"]])
     st.dataframe(table[columns], hide_index=True, width="stretch", key=key,
-                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in numbers})
+                 column_config={c: (st.column_config.NumberColumn(HEADERS.get(c, c), format="%.3f") if c in numbers
+                                    else st.column_config.Column(HEADERS.get(c, c))) for c in columns})
 
 
 o, g = result["overall"], result["agreement"]
@@ -82,7 +87,14 @@ else:
     slices["hi"] = [c[1] if c else None for c in slices["difference_ci"]]
     slices["label"] = slices["column"] + " = " + slices["value"]
     a, b = st.columns([3, 2], vertical_alignment="bottom")
-    column = a.selectbox("Annotation", ["(all)", *dict.fromkeys(slices["column"])], key="cmp_column")
+    choices = ["(all)", *dict.fromkeys(slices["column"])]
+    notice = links.from_url("annotation", "cmp_column", choices, why="not an annotation of these runs")
+    if notice:
+        st.info(notice, icon=":material/link_off:")
+    if st.session_state.get("cmp_column") not in choices:
+        st.session_state.cmp_column = "(all)"
+    column = a.selectbox("Annotation", choices, key="cmp_column")
+    links.to_url(annotation=None if column == "(all)" else column)
     decided = b.toggle("Only slices one model wins", value=False, key="cmp_decided")
     shown = slices if column == "(all)" else slices[slices["column"] == column]
     if decided:

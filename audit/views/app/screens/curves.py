@@ -8,26 +8,39 @@ import streamlit as st
 
 from audit.errors import StoreError
 from audit.store import schema
-from audit.views.app import charts, operating_point, store_cache
+from audit.views.app import charts, links, operating_point, store_cache
 from audit.views.format import md_text, number
 
-run, _ = store_cache.active()
+shown_runs = store_cache.shown()
+run = shown_runs[0]
 m = store_cache.metrics(run)
 frame = store_cache.predictions(run)
-curves = [c for c in (m.get("curves") or {}).get("per_class") or [] if c.get("pr") and c.get("roc")]
 thresholds = {c["index"]: c for c in (m.get("thresholds") or {}).get("classes") or []}
 
+
+def drawn_curves(shown: store_cache.RunRef) -> list[dict]:
+    return [c for c in (store_cache.metrics(shown).get("curves") or {}).get("per_class") or []
+            if c.get("pr") and c.get("roc")]
+
+
+curves = drawn_curves(run)
 st.title("Curves & thresholds")
 if not curves:
     st.info("This run stored no per-class curves.")
     st.stop()
 positive = (m.get("curves") or {}).get("positive_class")
-if positive is not None:
-    st.caption(f"Binary model: curves are for the positive class {md_text(repr(positive))}.")
-
 by_index = {c["index"]: c for c in curves}
+# A binary model's headline is its positive class; the others' one-vs-rest curves are drawn too.
+headline = next((c["index"] for c in curves if positive is not None and c["class"] == positive), curves[0]["index"])
+if positive is not None:
+    st.caption(f"Binary model: the positive class is {md_text(repr(positive))}"
+               + ("; every class's one-against-the-rest curve is drawn." if len(curves) > 1 else "."))
+
+notice = links.from_url("class", "cv_class", list(by_index), why="not the index of a class with a curve in this run")
+if notice:
+    st.info(notice, icon=":material/link_off:")
 if st.session_state.get("cv_class") not in by_index:
-    st.session_state.cv_class = curves[0]["index"]
+    st.session_state.cv_class = headline
 st.session_state.setdefault("cv_threshold", float((m.get("thresholds") or {}).get("default_threshold", 0.5)))
 
 controls = st.columns([2, 3, 2], vertical_alignment="bottom")
@@ -35,6 +48,7 @@ k = controls[0].selectbox("Class (one against the rest)", list(by_index), key="c
                           format_func=lambda i: by_index[i]["class"])
 controls[1].slider("Threshold", 0.0, 1.0, step=0.01, key="cv_threshold",
                    help="an example counts as this class when its probability is at least the threshold")
+links.to_url(**{"class": k})
 stored = thresholds.get(k)
 
 
@@ -53,26 +67,40 @@ score = frame[schema.prob_column(k)].to_numpy(np.float64)
 truth = frame["label"].to_numpy() == k
 point = operating_point.at_threshold(score, truth, threshold)
 
-pr_lines: list[pd.DataFrame] = []
-roc_lines: list[pd.DataFrame] = []
-for c in curves:
-    pr = pd.DataFrame({"recall": c["pr"]["recall"], "precision": c["pr"]["precision"]})
-    roc = pd.DataFrame({"fpr": c["roc"]["fpr"], "tpr": c["roc"]["tpr"]})
-    for lines, table in ((pr_lines, pr), (roc_lines, roc)):
-        lines.append(table.assign(**{"class": c["class"], "chosen": c["index"] == k, "order": np.arange(len(table))}))
+
+def lines_of(shown: store_cache.RunRef, prefix: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """PR and ROC lines of every class of ``shown`` (``prefix`` names the run when two are drawn)."""
+    pr_lines: list[pd.DataFrame] = []
+    roc_lines: list[pd.DataFrame] = []
+    for c in drawn_curves(shown):
+        pr = pd.DataFrame({"recall": c["pr"]["recall"], "precision": c["pr"]["precision"]})
+        roc = pd.DataFrame({"fpr": c["roc"]["fpr"], "tpr": c["roc"]["tpr"]})
+        for lines, table in ((pr_lines, pr), (roc_lines, roc)):
+            lines.append(table.assign(**{"class": prefix + c["class"], "chosen": c["index"] == k,
+                                         "order": np.arange(len(table))}))
+    return pd.concat(pr_lines), pd.concat(roc_lines)
+
+
+both = len(shown_runs) > 1
+drawn = [lines_of(r, f"{store_cache.run_letter(r)}: " if both else "") for r in shown_runs]
+pr_lines, roc_lines = pd.concat([d[0] for d in drawn]), pd.concat([d[1] for d in drawn])
 pr_point = pd.DataFrame([{"recall": point["recall"], "precision": point["precision"], "threshold": threshold}]).dropna()
 roc_point = pd.DataFrame([{"fpr": point["fpr"], "tpr": point["recall"], "threshold": threshold}]).dropna()
+prevalence = chosen["positives"] / max(len(frame), 1)
 
+if both:
+    st.caption(f"Runs A and B drawn together (A: {md_text(shown_runs[0].name)}, B: {md_text(shown_runs[1].name)}); "
+               "the point and the figures below are run A's.")
 left, right = st.columns(2)
 with left:
     st.markdown(f"**Precision–recall** · average precision of {md_text(chosen['class'])}: "
-                f"{chosen.get('average_precision') or float('nan'):.3f}")
-    st.altair_chart(charts.curve(pd.concat(pr_lines), "recall", "precision", "recall", "precision", pr_point),
-                    width="stretch", key="cv_pr")
+                f"{number(chosen.get('average_precision'))} · no skill: {number(prevalence)} (its prevalence)")
+    st.altair_chart(charts.curve(pr_lines, "recall", "precision", "recall", "precision", pr_point,
+                                 baseline=prevalence), width="stretch", key="cv_pr")
 with right:
     st.markdown(f"**ROC** · area under the curve of {md_text(chosen['class'])}: "
-                f"{chosen.get('roc_auc') or float('nan'):.3f}")
-    st.altair_chart(charts.curve(pd.concat(roc_lines), "fpr", "tpr", "false positive rate", "true positive rate",
+                f"{number(chosen.get('roc_auc'))} · no skill: 0.500 (the diagonal)")
+    st.altair_chart(charts.curve(roc_lines, "fpr", "tpr", "false positive rate", "true positive rate",
                                  roc_point, diagonal=True), width="stretch", key="cv_roc")
 
 
@@ -94,13 +122,15 @@ if stored:
                          f"recall {number(s.get('recall'))}, F1 {number(s.get('f1'))}")
     st.caption("Stored: " + " · ".join(notes))
 
-slice_names = [c["column"] for c in store_cache.slice_columns(run) if len(c["columns"]) == 1]
+# Annotations, then discovered groups: the same filters as the slices page.
+filter_columns = store_cache.slice_columns(run) + store_cache.discovery_columns(run)
+slice_names = [c["column"] for c in filter_columns if len(c["columns"]) == 1]
 if slice_names:
     st.markdown("**Per slice at this threshold**")
     if st.session_state.get("cv_slice_column") not in slice_names:
         st.session_state.cv_slice_column = slice_names[0]
     name = st.selectbox("Annotation", slice_names, key="cv_slice_column")
-    column = next(c for c in store_cache.slice_columns(run) if c["column"] == name)
+    column = next(c for c in filter_columns if c["column"] == name)
     try:
         labels = store_cache.slice_labels(run, name)
     except StoreError as e:

@@ -7,8 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from audit.store import schema
-from audit.views.app import charts, links, store_cache
-from audit.views.format import md_text
+from audit.views.app import charts, links, pictures, store_cache
+from audit.views.format import md_text, number
 
 run, _ = store_cache.active()
 frame = store_cache.predictions(run)
@@ -31,6 +31,19 @@ st.session_state.setdefault(links.EXAMPLE_INDEX, int(explained[0]) if len(explai
 # The nearest stored index at or after the asked one (the number box can land in a gap).
 asked = int(st.session_state[links.EXAMPLE_INDEX])
 st.session_state[links.EXAMPLE_INDEX] = int(indices[min(int(np.searchsorted(indices, asked)), len(indices) - 1)])
+
+
+def annotation_text(value) -> str:
+    """An annotation as the table shows it: numbers through audit.views.format, text as it is."""
+    if pd.isna(value):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return number(float(value))
+    return str(value)
 
 
 def _step(order: list[int], by: int) -> None:
@@ -67,29 +80,43 @@ if isinstance(row.get("path"), str) and row["path"]:
     st.caption(md_text(row["path"]))
 
 has_maps = store_cache.reader(run).has_heatmap(index)
-st.session_state.setdefault("ex_alpha", 0.45)
-panels = st.columns(1 + len(methods) if has_maps else 1)
-panels[0].image(store_cache.picture(run, index, at_least=192), caption="image", width="stretch")
+st.session_state.setdefault("ex_alpha", 0.6)
 if has_maps:
-    for col, method in zip(panels[1:], methods):
-        title, empty = md_text(store_cache.method_title(run, method)), store_cache.no_signal(run, method, index)
-        col.image(store_cache.picture(run, index, method, st.session_state.ex_alpha, at_least=192),
-                  caption=f"{title}: no signal ({md_text(empty)})" if empty else title, width="stretch")
-        if empty:
-            suggestion = store_cache.no_signal_info(run, method).get("suggestion")
-            col.caption(f"Not a finding: the map is empty. Suggestion: {md_text(suggestion)}." if suggestion
-                        else "Not a finding: the map is empty.")
+    # How the maps are drawn sits with them, above the pictures it changes.
+    a, b, c = st.columns([3, 2, 3], vertical_alignment="bottom")
+    mode = pictures.mode_picker(a, "ex_mode")
+    b.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key="ex_alpha", disabled=mode in ("contour", "side by side"))
+    pictures.legend(c, mode, alpha=st.session_state.ex_alpha)
+    shown_methods = methods
+else:
+    mode, shown_methods = pictures.current_mode(), []
+# Fixed-size panels (nearest-neighbour enlarged to DETAIL px): a 64 px input is not stretched to the page.
+panels = st.columns(1 + len(shown_methods)) if mode != "side by side" else [st.container() for _ in
+                                                                            range(1 + len(shown_methods))]
+# "content": the picture's own DETAIL px, narrowed to its column when the page is too narrow for all.
+panels[0].image(pictures.picture(run, index, None, mode, 0.0, at_least=pictures.DETAIL), caption="image",
+                width="content")
+for col, method in zip(panels[1:], shown_methods):
+    title, empty = md_text(store_cache.method_title(run, method)), store_cache.no_signal(run, method, index)
+    drawn = pictures.picture(run, index, method, mode, st.session_state.ex_alpha, at_least=pictures.DETAIL)
+    col.image(drawn, caption=f"{title}: no signal ({md_text(empty)})" if empty else title, width="content")
+    if empty:
+        suggestion = store_cache.no_signal_info(run, method).get("suggestion")
+        col.caption(f"Not a finding: the map is empty. Suggestion: {md_text(suggestion)}." if suggestion
+                    else "Not a finding: the map is empty.")
+if has_maps:
     with st.expander("Raw maps"):
         raw = st.columns(len(methods))
         for col, method in zip(raw, methods):
-            col.image(store_cache.heatmap_colours(run, method, index), width="stretch",
+            col.image(store_cache.heatmap_colours(run, method, index), width=pictures.THUMB,
                       caption=f"{md_text(store_cache.method_title(run, method))} "
                               + ("(no signal: all zeros)" if store_cache.no_signal(run, method, index)
                                  else "(0 blue … 1 red)"))
-    st.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key="ex_alpha")
 else:
-    st.info(f"No heatmaps or activations for this example: the run explained {len(explained)} of {count} "
-            "examples. Use “Next explained” to jump to one.")
+    st.info(f"No heatmap for this example: the run explained {len(explained)} of {count} examples "
+            "(use “Next explained” to jump to one). The viewer never computes maps; a follow-up run adds "
+            "this example's to the store:")
+    st.code(pictures.explain_command(run, [index]), language="bash", wrap_lines=True)
 
 left, right = st.columns(2)
 with left:
@@ -105,8 +132,10 @@ with left:
 with right:
     st.markdown("**Annotations**")
     annotation_names = schema.annotation_columns(frame.columns)
-    facts = [("true class", true), ("predicted", pred), ("confidence", f"{row['confidence']:.4f}")]
-    facts += [(c, "" if pd.isna(row[c]) else str(row[c])) for c in annotation_names]
+    facts = [("true class", true), ("predicted", pred), ("confidence", number(float(row["confidence"]), 4))]
+    facts += [(c, annotation_text(row[c])) for c in annotation_names]
+    facts += [(c, "" if pd.isna(row[c]) else f"group {int(row[c])}") for c in schema.DISCOVERY_COLUMNS
+              if c in frame.columns]
     st.dataframe(pd.DataFrame(facts, columns=["annotation", "value"]), hide_index=True, width="stretch",
                  key="ex_annotations")
 

@@ -9,13 +9,48 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+import pandas as pd
 import streamlit as st
 
 from audit.errors import StoreError
-from audit.views.app import example_filter, links, store_cache
+from audit.store import schema
+from audit.views.app import example_filter, links, pictures, store_cache
 from audit.views.format import md_text
 
 COLUMNS = 6
+
+
+def discovery_filters(run, frame) -> dict[str, dict[str, str]]:
+    """Discovered groups as filters beside the annotations: {filter name: {group id: its words}}.
+
+    ``found_errors``/``found_strategy`` are predictions columns; searched groups have none (their
+    membership is their predicate) and filter as :data:`pictures.SEARCH_FILTER`.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for entry in store_cache.reader(run).discovered():
+        method = str(entry.get("method"))
+        name = schema.discovery_column(method) or (pictures.SEARCH_FILTER if method == "search" else None)
+        if name is None or (name != pictures.SEARCH_FILTER and name not in frame.columns):
+            continue
+        words = f"group {entry['group']}: {entry.get('description') or ''} (n={entry['n']})"
+        out.setdefault(name, {})[str(entry["group"])] = words
+    return out
+
+
+def discovery_labels(run, frame: pd.DataFrame, name: str, chosen: tuple[str, ...]) -> np.ndarray:
+    """Each row's group (as text) under filter ``name``, for :func:`example_filter.select`; for
+    searched groups, which overlap, the first chosen group holding the row."""
+    if name != pictures.SEARCH_FILTER:
+        column = frame[name]
+        return np.array([None if pd.isna(v) else str(int(v)) for v in column], object)
+    labels = np.full(len(frame), None, object)
+    index = frame["index"].to_numpy()
+    groups = {str(e["group"]): e for e in store_cache.reader(run).discovered("search")}
+    for group in reversed(chosen):  # the first chosen wins where groups overlap
+        if group in groups:
+            labels[np.isin(index, store_cache.reader(run).discovered_members(groups[group]))] = group
+    return labels
 
 run, _ = store_cache.active()
 frame = store_cache.predictions(run)
@@ -32,7 +67,8 @@ for key in ("g_true", "g_pred"):
     st.session_state[key] = [k for k in st.session_state[key] if 0 <= k < len(names)]
 if st.session_state.g_method not in [*methods, "none"]:
     st.session_state.g_method = methods[0] if methods else "none"
-annotation_choices = ["(any)", *[c["column"] for c in slice_columns]]
+found = discovery_filters(run, frame)
+annotation_choices = ["(any)", *[c["column"] for c in slice_columns], *found]
 if st.session_state.g_annotation not in annotation_choices:
     st.session_state.g_annotation = "(any)"
 
@@ -47,21 +83,28 @@ with st.container(border=True):
     c.radio("Outcome", example_filter.OUTCOMES, key="g_outcome", horizontal=True)
     d.slider("Confidence", 0.0, 1.0, step=0.01, key="g_confidence")
     a, b, c, d = st.columns([3, 3, 2, 3])
-    a.selectbox("Annotation", annotation_choices, key="g_annotation")
+    a.selectbox("Annotation", annotation_choices, key="g_annotation",
+                help="annotations and sliced columns, then the groups discovery found (found_…)")
     column = next((col for col in slice_columns if col["column"] == st.session_state.g_annotation), None)
-    values = list(column["values"]) if column else []
+    groups = found.get(st.session_state.g_annotation)
+    values = list(column["values"]) if column else list(groups or [])
     # A value left over from another annotation would make the widget raise.
     st.session_state.g_values = [v for v in st.session_state.g_values if v in values]
-    b.multiselect("Values", values, key="g_values", disabled=column is None,
-                  placeholder="any value" if column else "pick an annotation first")
+    b.multiselect("Values", values, key="g_values", disabled=column is None and groups is None,
+                  format_func=lambda v: (groups or {}).get(v, v),
+                  placeholder="any value" if column or groups else "pick an annotation first")
     c.checkbox("Only explained examples", key="g_explained_only",
                help=f"{len(explained)} examples have heatmaps and activations")
     d.selectbox("Sort", example_filter.SORTS, key="g_sort")
-    a, b, c = st.columns([4, 4, 3])
+    a, b, c, d = st.columns([3, 4, 2, 2])
     a.radio("Heatmap", [*methods, "none"], key="g_method", horizontal=True,
             format_func=lambda m: md_text(store_cache.method_title(run, m)))  # radio options are Markdown
-    b.slider("Opacity", 0.0, 1.0, step=0.05, key="g_alpha", disabled=st.session_state.g_method == "none")
-    c.selectbox("Per page", (12, 24, 48, 96), key="g_page_size")
+    mode = pictures.mode_picker(b, "g_mode")
+    c.slider("Opacity", 0.0, 1.0, step=0.05, key="g_alpha",
+             disabled=st.session_state.g_method == "none" or mode in ("contour", "side by side"))
+    d.selectbox("Per page", (12, 24, 48, 96), key="g_page_size")
+    if st.session_state.g_method != "none":
+        pictures.legend(b, mode, alpha=st.session_state.g_alpha)
 
 filters = example_filter.Filters(
     true=tuple(st.session_state.g_true),
@@ -73,7 +116,9 @@ filters = example_filter.Filters(
     explained=frozenset(explained.tolist()),
 )
 labels = None
-if column and filters.values:
+if groups is not None and filters.values:
+    labels = discovery_labels(run, frame, st.session_state.g_annotation, filters.values)
+elif column and filters.values:
     try:
         labels = store_cache.slice_labels(run, column["column"])
     except StoreError as e:
@@ -93,18 +138,6 @@ page = shown[start: start + st.session_state.g_page_size]
 if not len(page):
     st.info("No example matches these filters.")
 method = None if st.session_state.g_method == "none" else st.session_state.g_method
-pictures = store_cache.tiles(run, page, method, st.session_state.g_alpha)
-by_index = frame.set_index("index")
-for row_start in range(0, len(page), COLUMNS):
-    cols = st.columns(COLUMNS)
-    for col, i, picture in zip(cols, page[row_start: row_start + COLUMNS], pictures[row_start: row_start + COLUMNS]):
-        r = by_index.loc[int(i)]
-        mark = "✓" if r["correct"] else "✗"
-        note = "" if method is None or int(i) in filters.explained else " · no map"
-        empty = store_cache.no_signal(run, method, int(i))
-        note = f" · no signal ({md_text(empty)})" if empty else note
-        col.image(picture, width="stretch",
-                  caption=f"{mark} #{int(i)} · {md_text(names[int(r['label'])])} → {md_text(names[int(r['pred'])])} · "
-                          f"{r['confidence']:.0%}{note}")
-        if col.button(f"Open #{int(i)}", key=f"g_open_{int(i)}", width="stretch"):
-            links.open_example(int(i))
+pictures.grid(run, page, method, mode, st.session_state.g_alpha, columns=COLUMNS, key="g", buttons=True)
+if method is not None:
+    pictures.coverage_note(st, run, page, what="examples on this page")
