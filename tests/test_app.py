@@ -161,6 +161,31 @@ def test_gallery_filters_change_what_is_shown(stores, monkeypatch):
     assert not any("no map" in c for c in captions(at))
 
 
+def test_gallery_filters_live_in_the_address(stores, monkeypatch):
+    """A shared address opens the selection it names; choosing filters writes them back; a value
+    that is not one of this run's is ignored with a notice (issue 14: filters in the URL)."""
+    frame, names = stores["frame_a"], json.loads((stores["a"] / schema.METRICS).read_text())["class_names"]
+    at = start(monkeypatch, stores["a"])
+    at.query_params.update(true=names[1], outcome="incorrect", annotation="background", value="dark")
+    at = goto(at, "gallery")
+    expected = (frame["label"] == 1) & ~frame["correct"] & (frame["background"] == "dark")
+    assert matching(at)[0] == int(expected.sum()) > 0
+    assert at.multiselect(key="g_true").value == [1]
+
+    at.radio(key="g_outcome").set_value("all").run()
+    at.multiselect(key="g_pred").set_value([0, 2]).run()
+    address = {k: v if isinstance(v, list) else [v] for k, v in at.query_params.items()}
+    assert "outcome" not in address and address["pred"] == [names[0], names[2]]
+    assert address["true"] == [names[1]] and address["value"] == ["dark"]
+
+    bad = start(monkeypatch, stores["a"])
+    bad.query_params.update(true="no such class", outcome="sideways")
+    bad = goto(bad, "gallery")
+    notices = " ".join(i.value for i in bad.info)
+    assert "Ignored the link's true=no such class" in notices and "outcome=sideways" in notices
+    assert matching(bad) == (600, 600)
+
+
 def test_gallery_filters_on_numeric_annotation_bins(stores, monkeypatch):
     """A quantile slice of a numeric annotation keeps exactly the rows the metrics counted in it."""
     at = goto(start(monkeypatch, stores["a"]), "gallery")

@@ -125,18 +125,35 @@ def from_url(param: str, key: str, allowed, *, why: str) -> str | None:
     return f"Ignored the link's {param}={shown}: {why}."
 
 
+def list_from_url(param: str, key: str, allowed: dict, *, why: str) -> str | None:
+    """:func:`from_url` for a multiselect: every ``?param=`` (repeated) names one of ``allowed``'s
+    keys (the text a link holds, e.g. a class name) and the widget gets their values (its
+    indices); one unknown value ignores the whole link's ``param``, with a notice."""
+    given = st.query_params.get_all(param)
+    seen = f"_url_{param}"
+    if not given or given == st.session_state.get(seen):
+        return None
+    st.session_state[seen] = given
+    distinct = list(dict.fromkeys(given))
+    if all(g in allowed for g in distinct):
+        st.session_state[key] = [allowed[g] for g in distinct]
+        return None
+    return f"Ignored the link's {param}={md_text(', '.join(distinct))}: {why}."
+
+
 def to_url(**params) -> None:
-    """Write the view's state into the address bar (None removes a key), so the address can be shared."""
+    """Write the view's state into the address bar (None or [] removes a key; a list repeats it),
+    so the address can be shared."""
     for param, value in params.items():
-        if value is None:
+        if value is None or (isinstance(value, list) and not value):
             if param in st.query_params:
                 del st.query_params[param]
             st.session_state.pop(f"_url_{param}", None)
             continue
-        text = str(value)
-        if st.query_params.get_all(param) != [text]:
-            st.query_params[param] = text
-        st.session_state[f"_url_{param}"] = [text]
+        texts = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        if st.query_params.get_all(param) != texts:
+            st.query_params[param] = texts if isinstance(value, list) else texts[0]
+        st.session_state[f"_url_{param}"] = texts
 
 
 def open_example(index: int) -> None:

@@ -71,6 +71,14 @@ found = discovery_filters(run, frame)
 annotation_choices = ["(any)", *[c["column"] for c in slice_columns], *found]
 if st.session_state.g_annotation not in annotation_choices:
     st.session_state.g_annotation = "(any)"
+# A shared address opens the selection it was copied from (?true=circle&outcome=incorrect&…).
+by_name = {name: k for k, name in enumerate(names)}
+notices = [
+    links.list_from_url("true", "g_true", by_name, why="not a class of this run"),
+    links.list_from_url("pred", "g_pred", by_name, why="not a class of this run"),
+    links.from_url("outcome", "g_outcome", example_filter.OUTCOMES, why="it takes all, correct or incorrect"),
+    links.from_url("annotation", "g_annotation", annotation_choices, why="not an annotation of this run"),
+]
 
 st.title("Gallery")
 
@@ -88,6 +96,8 @@ with st.container(border=True):
     column = next((col for col in slice_columns if col["column"] == st.session_state.g_annotation), None)
     groups = found.get(st.session_state.g_annotation)
     values = list(column["values"]) if column else list(groups or [])
+    notices.append(links.list_from_url("value", "g_values", {str(v): v for v in values},
+                                       why="not a value of the annotation chosen"))
     # A value left over from another annotation would make the widget raise.
     st.session_state.g_values = [v for v in st.session_state.g_values if v in values]
     b.multiselect("Values", values, key="g_values", disabled=column is None and groups is None,
@@ -105,6 +115,15 @@ with st.container(border=True):
     d.selectbox("Per page", (12, 24, 48, 96), key="g_page_size")
     if st.session_state.g_method != "none":
         pictures.legend(b, mode, alpha=st.session_state.g_alpha)
+
+for notice in filter(None, notices):
+    st.info(notice)
+links.to_url(
+    true=[names[k] for k in st.session_state.g_true], pred=[names[k] for k in st.session_state.g_pred],
+    outcome=None if st.session_state.g_outcome == "all" else st.session_state.g_outcome,
+    annotation=None if st.session_state.g_annotation == "(any)" else st.session_state.g_annotation,
+    value=list(st.session_state.g_values),
+)
 
 filters = example_filter.Filters(
     true=tuple(st.session_state.g_true),
