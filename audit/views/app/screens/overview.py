@@ -90,6 +90,11 @@ def worst_slices(run) -> None:
         st.markdown("**Worst annotated slices** (95% intervals)\n" + "\n".join(f"- {line}" for line in lines))
 
 
+def _same_rows(a, b) -> bool:
+    """Whether two findings hold the same examples (however each was found)."""
+    return a.filter == b.filter or (len(a.members) == len(b.members) and bool((a.members == b.members).all()))
+
+
 def discoveries_section(run, headline_finding) -> None:
     """What discovery found without annotations: the strongest group, and a line per method."""
     st.subheader("Discoveries")
@@ -106,8 +111,9 @@ def discoveries_section(run, headline_finding) -> None:
                    "that excludes zero).")
         return
     lead = ""
-    if headline_finding is not None and headline_finding.filter == best.filter:
-        # Already on screen: show the strongest group another method found instead, if any.
+    if headline_finding is not None and _same_rows(headline_finding, best):
+        # Already on screen (the same group, or a searched 1-way slice equal to the annotated
+        # headline): show the strongest group another method found instead, if any.
         best = pictures.finding(run, discovered_only=True, without=best.method)
         if best is None:
             st.caption("The strongest discovered group is the finding above.")
