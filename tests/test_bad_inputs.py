@@ -228,11 +228,16 @@ def test_run_refuses_with_one_line(group, i, files, tiny, tmp_path, capsys):
         (["report", "{precious}"], ["precious", "not a keras-audit"]),
         (["tensorboard", "{missing}"], ["missing"]),
         (["compare", "{precious}", "{missing}"], ["precious"]),
+        (["discover", "{precious}"], ["precious", "not a keras-audit"]),
+        (["discover", "{precious}/thesis.tex"], ["thesis.tex", "is a file, not a results store"]),
+        (["explain", "{precious}", "--indices", "1"], ["precious", "not a keras-audit"]),
+        (["merge", "{missing}", "{precious}"], ["precious", "not a keras-audit"]),
         (["app", "a", "b", "c"], ["at most two"]),
         (["app", "--port", "70000"], ["--port", "65535"]),
         (["bogus"], ["bogus"]),
     ],
-    ids=["report missing", "report not a store", "tensorboard missing", "compare not a store", "app three runs",
+    ids=["report missing", "report not a store", "tensorboard missing", "compare not a store",
+         "discover not a store", "discover a file", "explain not a store", "merge not a store", "app three runs",
          "app bad port", "unknown command"],
 )
 def test_other_commands_refuse_with_one_line(argv, needles, files, capsys):

@@ -57,7 +57,7 @@ def _watch_explained(stores: list[Path], seen: dict, stop: threading.Event) -> N
             try:
                 seen[k] = len(json.loads((store / schema.WORK_DIR / "state.json").read_text())["explained"])
             except (OSError, ValueError, KeyError):
-                pass
+                continue  # not written yet, or being replaced: read on the next pass
         time.sleep(0.02)
 
 

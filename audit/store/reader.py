@@ -45,6 +45,8 @@ class Reader:
         self.path = Path(path)
         self._mapped: dict[str, np.ndarray | None] = {}
         manifest_path = self.path / schema.MANIFEST
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError("is a file, not a results store (a store is the folder a run wrote)", self.path)
         if not self.path.is_dir():
             raise StoreError("results store does not exist", self.path)
         if not manifest_path.is_file():
