@@ -405,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="audit MODEL on DATA and write a results store")
     p.add_argument("model", help=".keras / .h5 file or SavedModel directory")
-    p.add_argument("data", help="class-folder directory, directory with labels.csv, a labels .csv, or an .npz")
+    p.add_argument("data", help="class-folder directory, directory with labels.csv, a labels .csv, or an .npz; "
+                                "local, or a URL fsspec resolves (s3://bucket/prefix with s3fs installed, ...)")
     p.add_argument("--out", required=True, help="results store directory")
     p.add_argument("--annotations", help="CSV keyed by path (or index for .npz) with columns to slice by")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

@@ -14,9 +14,9 @@ prints images/s, side by side in one process, of
   penultimate features, and probabilities, stored images, embeddings and annotations written
   to the store, synced (fdatasync) after every batch;
 
-and their ratio. The two alternate ``--repeat`` times (model loaded and traced afresh each
-time, outside the timer for neither: both rates include the first trace) and each keeps its
-best, so a machine shared with other work slows both alike. Then the two input pipelines
+and their ratio. The two alternate ``--repeat`` times, each pass in a fresh process (model
+loaded outside the timer, traced inside it for both) and each keeps its best, so a machine
+shared with other work slows both alike. Then the two input pipelines
 alone (no model): on 2 cores the phase is CPU-bound, and CPU per image is where the audit's
 pipeline (annotations, stored copy) costs more than Keras'. Then a bare compiled
 ``model(x)`` on decoded arrays, and the peak resident memory of a whole ``keras-audit run``
@@ -148,12 +148,26 @@ def peak_rss_mb(data: Path) -> float:
     return int(done.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB
 
 
+MEASURES = {"keras": keras_pipeline, "audit": audit_pass}
+
+
+def measured_alone(kind: str, data: Path, batch: int) -> tuple[float, float]:
+    """:func:`timed` of one measure in a fresh Python process, as a user's run would be: one
+    process running several passes slows the later ones (what the earlier passes leave
+    behind: traced functions, garbage), whichever kind they are."""
+    done = subprocess.run([sys.executable, __file__, "--one", kind, "--data", str(data), "--batch", str(batch)],
+                          check=True, capture_output=True, text=True)
+    rate, cpu = done.stdout.split()[-2:]
+    return float(rate), float(cpu)
+
+
 def side_by_side(data: Path, batch: int, repeat: int) -> list[tuple[float, float]]:
-    """Best (img/s, CPU us/img) of Keras' pipeline and of the audit's prediction phase, run alternately."""
+    """Best (img/s, CPU us/img) of Keras' pipeline and of the audit's prediction phase, run
+    alternately, each pass in a process of its own."""
     runs: list[list[tuple[float, float]]] = [[], []]
     for k in range(repeat):
-        for kind, measure in enumerate((keras_pipeline, audit_pass)):
-            runs[kind].append(measure(data, batch))
+        for kind, name in enumerate(MEASURES):
+            runs[kind].append(measured_alone(name, data, batch))
         (kr, kc), (ar, ac) = runs[0][-1], runs[1][-1]
         print(f"  round {k + 1}: keras {kr:6.0f} img/s {kc:5.0f} CPU us/img, "
               f"audit {ar:6.0f} img/s {ac:5.0f} CPU us/img", flush=True)
@@ -165,10 +179,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=6000)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--size", type=int, default=64, help="side of the PNGs (the model takes 64x64)")
     p.add_argument("--mem", default="1000,10000", help="image counts for the memory comparison, or none")
+    p.add_argument("--one", choices=sorted(MEASURES), help=argparse.SUPPRESS)  # one pass, in a child process
+    p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.one:
+        print(*MEASURES[args.one](args.data, args.batch))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         data = make_images(Path(tmp) / "speed", args.n, args.size)
         print(f"images: {args.n} ({args.size}x{args.size}x3 PNG, model input 64x64x3), batch {args.batch}, "

@@ -133,7 +133,12 @@ def _connect(ray, address: str | None, cpus: int, gpus: float) -> bool:
 
 
 def _abs(path) -> str | None:
-    return None if path is None else str(Path(path).resolve())
+    """A local path made absolute, for actors that may run elsewhere; a URL (remote DATA) as given."""
+    from audit.io.remote import is_url
+
+    if path is None:
+        return None
+    return path if is_url(path) else str(Path(path).resolve())
 
 
 def _state(store: Path) -> dict:

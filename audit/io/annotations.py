@@ -26,6 +26,10 @@ def load_annotations(csv: str | Path, dataset: Dataset):
     """Annotations aligned to the dataset: (DataFrame with N rows, report dict)."""
     import pandas as pd
 
+    from audit.io.remote import is_url
+
+    if is_url(csv):
+        raise DataError("--annotations must be a local CSV file; only DATA may be a URL (copy the table here)", csv)
     csv = Path(csv)
     if not csv.is_file():
         raise DataError("annotations file does not exist", csv)

@@ -29,11 +29,15 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from audit.errors import DataError
 from audit.io.preprocess import Preprocessing
+
+if TYPE_CHECKING:
+    from audit.io.remote import Remote
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 LABEL_CSV = "labels.csv"
@@ -66,6 +70,8 @@ class Dataset:
     skipped: list[dict] = field(default_factory=list)  # [{path, reason}] filled while streaming (latest pass)
     # The run's preprocessing (set by the audit session), used by batches() unless it is given one.
     preprocessing: Preprocessing | None = None
+    # DATA on an fsspec filesystem (a URL, audit.io.remote): its files are read through this, not from root.
+    remote: Remote | None = None
 
     @property
     def count(self) -> int:
@@ -79,14 +85,24 @@ class Dataset:
 
         File datasets: each listed path with its size, mtime_ns and label; ``.npz``: the file's
         size and mtime_ns plus the labels. Raw labels (names as written) are hashed, so the print
-        does not change when :func:`resolve_class_names` maps them.
+        does not change when :func:`resolve_class_names` maps them. Remote DATA: the size and the
+        version the filesystem lists (ETag, generation, mtime, ...: :mod:`audit.io.remote`) in
+        place of mtime_ns.
         """
         h = hashlib.sha256(f"{self.kind}\n{self.class_names!r}\n".encode())
         raw = self.label_names if self.label_names is not None else self.labels
         if self.paths is None:
-            st = self.source.stat()
-            h.update(f"{st.st_size} {st.st_mtime_ns} {raw.dtype.str}\n".encode())
+            if self.remote is not None:
+                size, version = self.remote.stat()
+                h.update(f"{size} {version} {raw.dtype.str}\n".encode())
+            else:
+                st = self.source.stat()
+                h.update(f"{st.st_size} {st.st_mtime_ns} {raw.dtype.str}\n".encode())
             h.update(np.ascontiguousarray(raw).tobytes())
+            return h.hexdigest()
+        if self.remote is not None:
+            for p, label, (size, version) in zip(self.paths, raw.tolist(), self.remote.stats(self.paths)):
+                h.update(f"{p}\0{size}\0{version}\0{label!r}\n".encode())
             return h.hexdigest()
         assert self.root is not None  # file datasets always carry their root
         for p, label in zip(self.paths, raw.tolist()):
@@ -124,14 +140,23 @@ class Dataset:
         indices = np.asarray(indices, np.int64)
         h, w, c = input_shape
 
+        @_plain_graph
         def prepare(i, img):
             return i, _per_image(img, (h, w), c, stored_shape, prep)
 
         parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if self.paths is not None:
+        if self.paths is not None and self.remote is not None:
+            # Remote files are read in Python (a few threads, in order, a bounded read-ahead) and decoded
+            # by the local files' graph; one that cannot be read or decoded leaves a gap, as below.
+            remote, rels = self.remote, [self.paths[i] for i in indices]
+            ds = tf.data.Dataset.from_generator(
+                lambda: remote.contents(indices, rels),
+                output_signature=(tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.string)),
+            ).map(_plain_graph(lambda i, data: prepare(i, _decode_bytes(data))), **parallel).ignore_errors()
+        elif self.paths is not None:
             files = tf.constant([str(self.root / self.paths[i]) for i in indices] or [""])[: len(indices)]
             ds = tf.data.Dataset.from_tensor_slices((indices, files)).map(
-                lambda i, f: prepare(i, _decode(f)), **parallel
+                _plain_graph(lambda i, f: prepare(i, _decode(f))), **parallel
             )
             # A corrupt file raises inside map; ignore_errors drops just that element, and the
             # gap in `index` tells us which one it was.
@@ -145,7 +170,7 @@ class Dataset:
                 ),
             ).map(prepare, **parallel)
         # What can run on the whole batch does (fewer, larger ops than per image): _per_batch.
-        ds = ds.batch(batch_size).map(lambda i, parts: (i, *_per_batch(parts, prep)), **parallel)
+        ds = ds.batch(batch_size).map(_plain_graph(lambda i, parts: (i, *_per_batch(parts, prep))), **parallel)
         ds = ds.prefetch(2)
         expected = iter(indices.tolist())
         for idx, x, stored, builtin, channels in ds.as_numpy_iterator():
@@ -165,7 +190,11 @@ class Dataset:
         are read again (one eager decode each), to tell e.g. a missing file from a corrupt one.
         """
         path = self.paths[i] if self.paths else None
-        if path is not None and self.root is not None:
+        if path is not None and self.remote is not None:
+            data, reason = self.remote.read_again(path)
+            if data is not None:
+                reason = _undecodable_reason(data, i, prepare)
+        elif path is not None and self.root is not None:
             reason = _unreadable_reason(self.root / path, i, prepare)
         else:
             reason = "unreadable image"
@@ -190,8 +219,15 @@ def _unreadable_reason(file: Path, index: int, prepare=None) -> str:
         return "file not found"
     except tf.errors.OpError as e:  # a directory, no permission, ...
         return f"cannot read: {_op_message(e).replace(str(file) + '; ', '')}"
+    return _undecodable_reason(data, index, prepare)
+
+
+def _undecodable_reason(data, index: int, prepare=None) -> str:
+    """Why one file's bytes fail the pipeline, found by decoding and preprocessing them eagerly."""
+    import tensorflow as tf
+
     try:
-        img = tf.ensure_shape(tf.io.decode_image(data, expand_animations=False), (None, None, None))
+        img = _decode_bytes(data)
     except tf.errors.OpError as e:
         return f"cannot decode: {_op_message(e)}"
     if prepare is not None:
@@ -202,22 +238,40 @@ def _unreadable_reason(file: Path, index: int, prepare=None) -> str:
     return "unreadable image (failed in the input pipeline, but not when read again)"
 
 
+def _plain_graph(fn):
+    """``fn`` traced as written, without AutoGraph: these functions branch with ``tf.cond``
+    only, and AutoGraph's source rewrite of them cost ~0.9 s per pass, more than predicting
+    2,000 images (issue 13). Same ops, same bits."""
+    import tensorflow as tf
+
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _decode(file):
     import tensorflow as tf
 
-    img = tf.io.decode_image(tf.io.read_file(file), expand_animations=False)
+    return _decode_bytes(tf.io.read_file(file))
+
+
+def _decode_bytes(data):
+    """Pixels (h, w, channels) of one image file's bytes: what local and remote files share."""
+    import tensorflow as tf
+
+    img = tf.io.decode_image(data, expand_animations=False)
     return tf.ensure_shape(img, (None, None, None))
 
 
 def _per_image(img, size, channels, stored_shape, prep: Preprocessing) -> dict:
     """What needs each original image: its built-in annotations, its pixels at the model's
-    geometry (``x``; grey for a one-channel model) and its stored copy where that is not
-    ``x``'s RGB itself (``stored``, uint8). :func:`_per_batch` finishes a batch of these.
+    geometry (``x``; grey for a one-channel model) and its stored copy (``stored``, uint8:
+    a plain image's own pixels). :func:`_per_batch` finishes a batch of these.
 
     A *plain* image (RGB, already of the model's size, as most datasets are) skips the channel
     conversion and the resize, which is then the identity, bit for bit: one branch instead of
-    several, each of which cost about as much as the pixels' own work (issue 13).
-    The built-in annotations stay per image: a batched mean sums in another order.
+    several, each of which cost about as much as the pixels' own work (issue 13). For an RGB
+    model, a plain image's annotations are then computed on the batch, from ``x`` (which is
+    its original pixels): row reductions give each image the bits it gets alone, and a batch
+    costs a few ops where each image cost a dozen.
 
     The stored copy goes through the same geometry as the model's input (padding and crop
     included, at the stored size), so maps drawn on it sit on the pixels the model saw.
@@ -225,50 +279,66 @@ def _per_image(img, size, channels, stored_shape, prep: Preprocessing) -> dict:
     import tensorflow as tf
 
     shape = tf.shape(img)
-    plain = tf.logical_and(tf.equal(shape[-1], 3), tf.reduce_all(tf.equal(shape[:2], tf.constant(size, tf.int32))))
-    own_copy = channels == 1 or tuple(stored_shape) != tuple(size)
+    plain = tf.reduce_all(tf.equal(shape, tf.constant([*size, 3], tf.int32)))
+    later = channels == 3  # a plain image's annotations come from x, in _per_batch
+    resized_copy = tuple(stored_shape) != tuple(size)
 
-    def finish(rgb, x):
-        stored = prep.geometry(rgb, stored_shape, size) if tuple(stored_shape) != tuple(size) else x
+    def finish(rgb, x, pixels=None, annotate=True):
+        """x for the model, the annotations (or zeros, filled in later) and the uint8 copy,
+        which is ``pixels`` themselves where they are the plain image's own."""
+        if resized_copy:
+            pixels = _to_uint8(prep.geometry(rgb, stored_shape, size))
+        elif pixels is None:
+            pixels = _to_uint8(x)
         x = tf.image.rgb_to_grayscale(x) if channels == 1 else x
-        return (x, _builtin(rgb), *([_to_uint8(stored)] if own_copy else []))
+        builtin = _builtins(rgb[None])[0] if annotate else tf.zeros([4], tf.float32)  # filled in by _per_batch
+        return x, builtin, pixels
 
     def as_is():
         rgb = tf.cast(img, tf.float32)
-        return finish(rgb, rgb)
+        return finish(rgb, rgb, img, annotate=not later)
 
     def converted():
         rgb = _rgb(img)
         return finish(rgb, prep.geometry(rgb, size, size))
 
-    x, builtin, *stored = tf.cond(plain, as_is, converted)
-    parts = {"x": tf.ensure_shape(x, (*size, channels)), "builtin": builtin, "channels": shape[-1]}
-    if own_copy:
-        parts["stored"] = tf.ensure_shape(stored[0], (*stored_shape, 3))
+    x, builtin, stored = tf.cond(plain, as_is, converted)
+    parts = {"x": tf.ensure_shape(x, (*size, channels)), "builtin": builtin, "channels": shape[-1],
+             "stored": tf.ensure_shape(stored, (*stored_shape, 3))}
+    if later:
+        parts["plain"] = plain
     return parts
 
 
 def _per_batch(parts: dict, prep: Preprocessing) -> tuple:
     """``(x, stored, builtin, channels)`` of a batch of :func:`_per_image` parts: the arithmetic
-    and the uint8 copy. Both are elementwise, so each image gets the bits it would alone."""
-    stored = parts["stored"] if "stored" in parts else _to_uint8(parts["x"])
-    return prep.apply(parts["x"]), stored, parts["builtin"], parts["channels"]
+    and the plain images' annotations. Both are per image (elementwise, or reductions along
+    each image's own row), so each image gets the bits it would alone."""
+    import tensorflow as tf
+
+    builtin = parts["builtin"]
+    if "plain" in parts:
+        builtin = tf.where(parts["plain"][:, None], _builtins(parts["x"]), builtin)
+    return prep.apply(parts["x"]), parts["stored"], builtin, parts["channels"]
 
 
-def _builtin(rgb):
-    """aspect_ratio, resolution, brightness and contrast of one float32 RGB image (h, w, 3).
+def _builtins(rgb):
+    """aspect_ratio, resolution, brightness and contrast (B, 4) of float32 RGB images (B, h, w, 3).
 
     The ops of ``tf.image.rgb_to_grayscale``, ``tf.reduce_mean`` and ``tf.math.reduce_std``
     (the same matmul on the same matrices, the same reductions), without their shape
-    bookkeeping and with the mean computed once: the same bits for a few ops fewer per image.
+    bookkeeping and with the mean computed once: the same bits for a few ops fewer.
     """
     import tensorflow as tf
 
-    hw = tf.cast(tf.shape(rgb)[:2], tf.float32)
+    shape = tf.shape(rgb)
+    hw = tf.cast(shape[1:3], tf.float32)
     grey = tf.matmul(tf.reshape(rgb, (-1, 3)), tf.constant([[0.2989], [0.5870], [0.1140]], tf.float32))
-    mean = tf.reduce_mean(grey)
-    std = tf.sqrt(tf.reduce_mean(tf.square(grey - mean)))
-    return tf.stack([hw[1] / hw[0], tf.sqrt(hw[0] * hw[1]), mean / 255.0, std / 255.0])
+    grey = tf.reshape(grey, (shape[0], -1))
+    mean = tf.reduce_mean(grey, axis=1)
+    std = tf.sqrt(tf.reduce_mean(tf.square(grey - mean[:, None]), axis=1))
+    geometry = tf.broadcast_to(tf.stack([hw[1] / hw[0], tf.sqrt(hw[0] * hw[1])]), (shape[0], 2))
+    return tf.concat([geometry, tf.stack([mean / 255.0, std / 255.0], axis=1)], axis=1)
 
 
 def _rgb(img):
@@ -317,8 +387,8 @@ def preprocess_images(images: np.ndarray, input_shape: tuple[int, int, int], *, 
     # As the .npz path of Dataset.batches feeds its rows: one image at a time, of unknown size.
     ds = tf.data.Dataset.from_generator(
         lambda: iter(images), output_signature=tf.TensorSpec((None, None, None), tf.uint8)
-    ).map(lambda img: _per_image(img, (h, w), c, (h, w), prep))
-    ds = ds.batch(len(images)).map(lambda parts: _per_batch(parts, prep)[0])
+    ).map(_plain_graph(lambda img: _per_image(img, (h, w), c, (h, w), prep)))
+    ds = ds.batch(len(images)).map(_plain_graph(lambda parts: _per_batch(parts, prep)[0]))
     return np.concatenate(list(ds.as_numpy_iterator())).astype(np.float32, copy=False)
 
 
@@ -604,7 +674,18 @@ def normalise_path(p: str) -> str:
 
 
 def open_dataset(path: str | Path) -> Dataset:
-    """Open DATA (class folders, images + labels CSV, or .npz); validate without decoding images."""
+    """Open DATA (class folders, images + labels CSV, or .npz); validate without decoding images.
+
+    DATA may be a local path or a URL fsspec resolves (``s3://bucket/data``, ``gs://``, ``memory://``, ...),
+    listed by the same rules: see :mod:`audit.io.remote`.
+    """
+    from audit.io import remote
+
+    if remote.is_url(path):
+        local = remote.local_path(str(path))
+        if local is None:
+            return remote.open_remote(str(path))
+        path = local
     path = Path(path)
     if not path.exists():
         raise DataError("data path does not exist", path)

@@ -384,7 +384,7 @@ class LoadedModel:
             def fn(x):
                 return self.to_probs(self.raw_output(x))
 
-        return self.compile(key, fn, reduce_retracing=True)
+        return self.compile(key, fn, reduce_retracing=True, autograph=False)
 
     def trace_counts(self) -> dict[str, int]:
         """How often each compiled function was traced; constant across calls of one input shape."""

@@ -219,6 +219,12 @@ class StoreLock:
     __del__ = release
 
 
+def _manifest_leftover(name: str) -> bool:
+    """The temporary file of a manifest write that a kill interrupted (every manifest writer holds
+    the store's lock, so none is in progress while a writer holds it)."""
+    return name.startswith(f".{schema.MANIFEST}{_TMP_INFIX}")
+
+
 def _existing_store(out: Path) -> dict[str, Any] | None:
     """The manifest of the store in ``out``, or None when ``out`` is absent or empty.
 
@@ -238,8 +244,9 @@ def _existing_store(out: Path) -> dict[str, Any] | None:
             "delete it yourself or choose another --out", out,
         )
     try:
-        # A folder holding only our lock file is what a run killed before its first manifest leaves.
-        foreign = any(entry.name != schema.LOCK_FILE for entry in out.iterdir())
+        # A folder holding only our lock file is what a run killed before its first manifest leaves
+        # (with the temporary file of that manifest, when killed while writing it).
+        foreign = any(entry.name != schema.LOCK_FILE and not _manifest_leftover(entry.name) for entry in out.iterdir())
     except OSError as e:
         raise StoreError(f"cannot read --out ({e.strerror or e})", out) from None
     if foreign:
@@ -275,6 +282,8 @@ class StoreWriter:
         self._arrays: dict[str, NpyArray] = {}
         try:
             previous = _existing_store(self.out)  # again under the lock: it may have changed
+            for leftover in self.out.glob(f".{glob.escape(schema.MANIFEST)}{_TMP_INFIX}*"):
+                leftover.unlink(missing_ok=True)  # of a killed manifest write: the lock keeps out any live one
             self._reopen(previous) if reopen else self._open(previous, resume)
         except BaseException:
             self._lock.release()
