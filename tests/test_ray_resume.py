@@ -14,6 +14,7 @@ would record itself in the default temp dir, where any address-less ``ray.init``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -106,18 +107,14 @@ class Drivers:
         """SIGKILL every process of the drivers' sessions (each group, then any straggler by id) and
         wait until none is left; returns those still alive (none, unless one refuses to die)."""
         for proc in self.procs:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # the whole group has exited already
                 os.killpg(proc.pid, signal.SIGKILL)  # the session's group: the driver and its cluster
-            except ProcessLookupError:
-                pass
             proc.wait()
         deadline = time.monotonic() + 30
         while (left := self.alive()) and time.monotonic() < deadline:
             for pid in left:
-                try:
+                with contextlib.suppress(ProcessLookupError):  # it exited between the sweep and now
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             time.sleep(0.1)
         return left
 

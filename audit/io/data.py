@@ -605,10 +605,16 @@ def _dedupe(paths: list[str], raw: np.ndarray, csv: Path) -> tuple[list[str], np
     return [p for p, r in zip(paths, repeated) if not r], raw[~repeated], [note]
 
 
-def _open_csv(csv: Path, root: Path) -> Dataset:
+def csv_listing(csv: Path) -> tuple[list[str], np.ndarray, list[str]]:
+    """``(paths, raw labels, notes)`` of a labels CSV, local or a remote one's local copy: parsed,
+    each path spelled one way, repeated rows resolved (:func:`_dedupe`)."""
     table = _read_label_csv(csv)
     raw = _parse_labels(table["label"], csv, "column 'label'")
-    paths, raw, notes = _dedupe([normalise_path(p) for p in table["path"].astype(str)], raw, csv)
+    return _dedupe([normalise_path(p) for p in table["path"].astype(str)], raw, csv)
+
+
+def _open_csv(csv: Path, root: Path) -> Dataset:
+    paths, raw, notes = csv_listing(csv)
     _check_inside(root, paths, csv)
     return _dataset(csv, "csv", raw, None, paths=paths, root=root, notes=notes)
 

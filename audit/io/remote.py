@@ -27,6 +27,7 @@ the filesystem's package.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
@@ -151,10 +152,8 @@ class RemotePath(os.PathLike):
 
 
 def _remove(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):  # removed already, e.g. by the temp folder's own cleaning
         os.unlink(path)
-    except OSError:
-        pass
 
 
 @dataclass(eq=False)
@@ -312,9 +311,7 @@ def _open_csv(fs, path: str, url: str, remote: Remote):
     from audit.io import data as d
 
     csv = _source(_fetch(fs, path, url, ".csv"))
-    table = d._read_label_csv(csv)
-    raw = d._parse_labels(table["label"], csv, "column 'label'")
-    paths, raw, notes = d._dedupe([d.normalise_path(p) for p in table["path"].astype(str)], raw, csv)
+    paths, raw, notes = d.csv_listing(csv)
     outside = [p for p in paths if p == ".." or p.startswith(("../", "/"))]
     if outside:
         raise DataError(
