@@ -276,3 +276,26 @@ def test_out_below_a_file_is_one_line(tiny, files, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "a_file" in err[0], err
     assert (files / "a_file").read_text() == "not a folder"
+
+
+def test_out_as_a_url_is_one_line_and_creates_nothing(tiny, tmp_path, monkeypatch, capsys):
+    """DATA may be a URL; --out may not: pathlib would turn s3://b/x into the local folder s3:/b/x."""
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", str(tiny["model"]), str(tiny["data"]), "--out", "s3://bucket/out", *RUN])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "s3://bucket/out" in err[0] and "URL" in err[0], err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_store_folder_whose_name_looks_like_a_uri_scheme_is_read_back(tiny, tmp_path, monkeypatch):
+    """pandas and pyarrow parse a relative path 'run:1/x.parquet' as a URI of scheme 'run': the store
+    reads its tables through open files, so such a folder works as any other (oracle: the same run
+    into a plain folder name)."""
+    from audit.store.reader import Reader
+
+    monkeypatch.chdir(tmp_path)
+    plain, odd = Path("plain"), Path("run:1")
+    for out in (plain, odd):
+        assert main(["run", str(tiny["model"]), str(tiny["data"]), "--out", str(out), *RUN]) == 0
+    pd.testing.assert_frame_equal(Reader(odd).predictions, Reader(plain).predictions)
+    assert main(["report", str(odd)]) == 0 and (odd / "report.html").is_file()

@@ -76,7 +76,7 @@ class AcrossShares:
         files = [s / shards_store.SELECTION_ROWS for s in self.stores]
         while not all(f.is_file() for f in files):
             time.sleep(_POLL_S / 5)
-        rows = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        rows = pd.concat([schema.read_parquet(f) for f in files], ignore_index=True)
         chosen = select_for_explanation(rows, o.explain_limit, o.seed, num_classes=len(session.class_names))
         return np.asarray(chosen[(chosen >= part.start) & (chosen < part.stop)], np.int64)
 

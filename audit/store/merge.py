@@ -122,7 +122,7 @@ def merged_predictions(shards: list[ShardStore]):
 
     frames = []
     for shard in shards:
-        frame = pd.read_parquet(shard.path / schema.PREDICTIONS)
+        frame = schema.read_parquet(shard.path / schema.PREDICTIONS)
         frame["index"] = frame["index"] + shard.start
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

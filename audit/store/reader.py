@@ -111,12 +111,10 @@ class Reader:
     @cached_property
     def predictions(self):
         """The predictions table (pandas DataFrame), one row per example."""
-        import pandas as pd
-
         file = self.path / schema.PREDICTIONS
         if not file.is_file():
             raise StoreError("predictions.parquet is missing", self.path)
-        return pd.read_parquet(file)
+        return schema.read_parquet(file)
 
     @property
     def annotation_columns(self) -> list[str]:
@@ -142,15 +140,13 @@ class Reader:
     def slices(self):
         """Slice membership (pandas DataFrame, slices.parquet): ``index``, then per sliced column
         (``"a & b"`` for a pair) the slice value of each example as metrics.json names it, or null."""
-        import pandas as pd
-
         file = self.path / schema.SLICES
         if not file.is_file():
             raise StoreError(
                 "slices.parquet is missing (the store was written by an older keras-audit); "
                 "run the audit again to get each slice's examples", self.path,
             )
-        return pd.read_parquet(file)
+        return schema.read_parquet(file)
 
     def _slice_column(self, column: str):
         if column == schema.SLICE_INDEX_COLUMN or column not in self.slices.columns:

@@ -447,6 +447,16 @@ def owned_path(rel: str) -> str | None:
 
 
 # JSON files of the store hold plain numbers, with NaN and infinity as null.
+def read_parquet(path):
+    """A store's parquet table (pandas), read through an open file: given a path string, pandas and
+    pyarrow parse a folder name such as ``run:1`` as a URI scheme and fail (:func:`write_parquet`
+    in audit.store.writer writes the same way)."""
+    import pandas as pd
+
+    with open(path, "rb") as fh:
+        return pd.read_parquet(fh)
+
+
 def to_json(value):
     """``value`` with numpy types made plain and NaN / infinity made ``None``."""
     if isinstance(value, dict):

@@ -73,7 +73,8 @@ def write_parquet(path: Path, frame) -> None:
     fd, tmp = _exclusive_tmp(path)
     os.close(fd)
     try:
-        frame.to_parquet(tmp, index=False)
+        with open(tmp, "wb") as fh:  # a file, not a path string: see schema.read_parquet
+            frame.to_parquet(fh, index=False)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -271,6 +272,8 @@ class StoreWriter:
     """
 
     def __init__(self, out: str | Path, *, resume: bool = False, reopen: bool = False):
+        if "://" in str(out):  # pathlib would make s3://b/x the local folder s3:/b/x
+            raise StoreError("--out must be a local (or mounted) folder; a store is not written to a URL", out)
         self.out = Path(out)
         _existing_store(self.out)  # refuse before creating anything
         self.created = not self.out.exists()
