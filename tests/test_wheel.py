@@ -94,12 +94,16 @@ def wheel(tmp_path_factory, checkout_files) -> Path:
 
 
 def _dependency_paths() -> list[str]:
-    """This interpreter's site-packages folders (where TensorFlow and the rest are), never the checkout."""
+    """This interpreter's site-packages folders (where TensorFlow and the rest are), never the checkout.
+
+    A site-packages folder inside the checkout (a ``.venv`` made in the clone, as many make it) is
+    kept: it holds the dependencies, and the editable install's finder there is a .pth, which a
+    path listed in a .pth does not run."""
     found = [*site.getsitepackages(), *(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))]
     paths = []
     for p in found:
         path = Path(p).resolve()
-        if path.is_dir() and path != REPO and REPO not in path.parents and str(path) not in paths:
+        if path.is_dir() and path != REPO and str(path) not in paths:
             paths.append(str(path))
     return paths
 
