@@ -285,8 +285,9 @@ class StoreWriter:
         self._arrays: dict[str, NpyArray] = {}
         try:
             previous = _existing_store(self.out)  # again under the lock: it may have changed
-            for leftover in self.out.glob(f".{glob.escape(schema.MANIFEST)}{_TMP_INFIX}*"):
-                leftover.unlink(missing_ok=True)  # of a killed manifest write: the lock keeps out any live one
+            for entry in self.out.iterdir():
+                if _manifest_leftover(entry.name):  # of a killed manifest write: the lock keeps out any live one
+                    entry.unlink(missing_ok=True)
             self._reopen(previous) if reopen else self._open(previous, resume)
         except BaseException:
             self._lock.release()
