@@ -107,3 +107,23 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@pytest.fixture(scope="session")
+def shard_data(tmp_path_factory):
+    """The 72-image data of the scale tests (test_shards.make_data), made once for all of them."""
+    from test_shards import make_data
+
+    return make_data(tmp_path_factory.mktemp("shard_data"))
+
+
+@pytest.fixture(scope="session")
+def single_store(shard_data, tmp_path_factory):
+    """Its single-process store, the oracle that shards, Ray runs and resumed runs are compared
+    with (read only: no test writes into it)."""
+    from audit.cli import main
+    from test_shards import run_args
+
+    out = tmp_path_factory.mktemp("single") / "out"
+    assert main(run_args(shard_data, out)) == 0
+    return out

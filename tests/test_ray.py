@@ -23,7 +23,7 @@ from audit.cli import main
 from audit.engine.distributed import LOCAL_SYSTEM_CONFIG, RAY_MISSING, SHARDS_DIR
 from audit.pipeline import run_distributed
 from audit.store import schema
-from test_shards import OPTIONS, assert_equivalent_stores, make_data, run_args
+from test_shards import OPTIONS, assert_equivalent_stores, run_args
 
 pytestmark = pytest.mark.slow
 REPO = str(Path(__file__).resolve().parents[1])
@@ -38,18 +38,6 @@ def cluster():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("ray"))
-
-
-@pytest.fixture(scope="module")
-def single(data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("single") / "out"
-    assert main(run_args(data, out)) == 0
-    return out
-
-
 def _watch_explained(stores: list[Path], seen: dict, stop: threading.Event) -> None:
     """Record how many examples each shard store's run chose to explain."""
     while not stop.is_set():
@@ -61,7 +49,7 @@ def _watch_explained(stores: list[Path], seen: dict, stop: threading.Event) -> N
         time.sleep(0.02)
 
 
-def test_ray_store_equals_the_single_process_store(cluster, data, single, tmp_path):
+def test_ray_store_equals_the_single_process_store(cluster, shard_data, single_store, tmp_path):
     out = tmp_path / "ray"
     seen: dict[int, int] = {}
     stop = threading.Event()
@@ -69,11 +57,11 @@ def test_ray_store_equals_the_single_process_store(cluster, data, single, tmp_pa
                                                                seen, stop), daemon=True)
     watcher.start()
     try:
-        assert main([*run_args(data, out), "--engine", "ray", "--workers", "2"]) == 0
+        assert main([*run_args(shard_data, out), "--engine", "ray", "--workers", "2"]) == 0
     finally:
         stop.set()
         watcher.join()
-    assert_equivalent_stores(single, out)
+    assert_equivalent_stores(single_store, out)
     assert not (out / SHARDS_DIR).exists()  # the shard stores were the run's work files
     # The actors chose together: they explained the 30 maps of the global selection, no more
     # (alone, each share of 36 would explain candidates: all 36 of its rows).
@@ -96,37 +84,37 @@ def _kill_when_running(store: Path, killed: list, stop: threading.Event) -> None
         time.sleep(0.01)
 
 
-def test_a_killed_worker_is_restarted_and_the_store_is_the_same(cluster, data, single, tmp_path):
+def test_a_killed_worker_is_restarted_and_the_store_is_the_same(cluster, shard_data, single_store, tmp_path):
     out = tmp_path / "killed"
     killed: list[int] = []
     stop = threading.Event()
     watcher = threading.Thread(target=_kill_when_running, args=(out / SHARDS_DIR / "1", killed, stop), daemon=True)
     watcher.start()
     try:
-        run_distributed(data["model"], data["data"], out, annotations=data["annotations"], options=OPTIONS,
-                        progress=False, workers=2)
+        run_distributed(shard_data["model"], shard_data["data"], out, annotations=shard_data["annotations"],
+                        options=OPTIONS, progress=False, workers=2)
     finally:
         stop.set()
         watcher.join()
     assert killed, "the worker finished before it could be killed"
     with pytest.raises(ProcessLookupError):
         os.kill(killed[0], 0)  # it really died
-    assert_equivalent_stores(single, out)
+    assert_equivalent_stores(single_store, out)
 
 
-def test_without_ray_the_message_says_how_to_install(monkeypatch, data, tmp_path, capsys):
+def test_without_ray_the_message_says_how_to_install(monkeypatch, shard_data, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     out = tmp_path / "o"
-    assert main([*run_args(data, out), "--engine", "ray"]) == 2
+    assert main([*run_args(shard_data, out), "--engine", "ray"]) == 2
     assert capsys.readouterr().err == f"keras-audit: error: {RAY_MISSING}\n"
     assert not out.exists()
 
 
-def test_ray_options_are_refused_where_they_do_not_apply(data, tmp_path, capsys):
+def test_ray_options_are_refused_where_they_do_not_apply(shard_data, tmp_path, capsys):
     for extra, message in ((["--workers", "2"], "--workers needs --engine ray"),
                            (["--address", "x:1"], "--address needs --engine ray"),
                            (["--engine", "ray", "--shard", "0/2"], "--shard runs one share in this process")):
-        assert main([*run_args(data, tmp_path / "o"), *extra]) == 2
+        assert main([*run_args(shard_data, tmp_path / "o"), *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
         assert not (tmp_path / "o").exists()

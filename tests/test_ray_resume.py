@@ -28,30 +28,17 @@ from pathlib import Path
 
 import pytest
 
-from audit.cli import main
 from audit.engine.distributed import SHARDS_DIR
 from audit.errors import StoreError
 from audit.store import schema
 from audit.store.killpoint import KILL_AT_ENV
 from audit.store.reader import Reader
 from audit.store.writer import StoreWriter, _exclusive_tmp
-from test_shards import assert_equivalent_stores, make_data, run_args
+from test_shards import assert_equivalent_stores, run_args
 
 REPO = str(Path(__file__).resolve().parents[1])
 WORKERS = 2
 DEADLINE_S = 180  # far above what a run takes here; only a hung run reaches it
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("ray_resume"))
-
-
-@pytest.fixture(scope="module")
-def single(data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("single") / "out"
-    assert main(run_args(data, out)) == 0
-    return out
 
 
 # -- the drivers' processes ----------------------------------------------------------------------
@@ -186,9 +173,9 @@ def _wait_for_predictions(proc: subprocess.Popen, stores: list[Path], drivers: D
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the drivers' processes through /proc")
-def test_a_killed_driver_resumes_to_the_same_store(data, single, drivers, tmp_path):
+def test_a_killed_driver_resumes_to_the_same_store(shard_data, single_store, drivers, tmp_path):
     out = tmp_path / "out"
-    args = [*run_args(data, out), "--engine", "ray", "--workers", str(WORKERS)]
+    args = [*run_args(shard_data, out), "--engine", "ray", "--workers", str(WORKERS)]
     stores = [out / SHARDS_DIR / str(k) for k in range(WORKERS)]
 
     first = drivers.start(args)
@@ -225,7 +212,7 @@ def test_a_killed_driver_resumes_to_the_same_store(data, single, drivers, tmp_pa
     drivers.kill_all()
 
     assert problems == []
-    assert_equivalent_stores(single, out)
+    assert_equivalent_stores(single_store, out)
     assert not (out / SHARDS_DIR).exists()
     # The merged store records when the interrupted run started, not when it was resumed.
     started = [b["manifest"]["started_at"] for b in before if b["state"]]

@@ -23,7 +23,7 @@ from audit.cli import main
 from audit.io.data import open_dataset
 from audit.store import schema
 from conftest import CLASSES, free_port, write_folder_dataset
-from test_shards import assert_equivalent_stores, make_data, run_args
+from test_shards import assert_equivalent_stores, run_args
 
 BUCKET = "audit-data"
 RUN = ("--explain", "none", "--no-tensorboard", "--quiet", "--bootstrap", "10")
@@ -210,12 +210,9 @@ def test_ray_actors_are_handed_the_url_as_given():
 
 # -- shards ------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_shards_of_s3_data_merge_into_the_single_local_store(s3, tmp_path):
-    data = make_data(tmp_path / "scale")
-    single = tmp_path / "single"
-    assert main(run_args(data, single)) == 0
-    url = upload(s3, data["data"], "scale")
-    remote = {**data, "data": url}
+def test_shards_of_s3_data_merge_into_the_single_local_store(s3, shard_data, single_store, tmp_path):
+    url = upload(s3, shard_data["data"], "scale")
+    remote = {**shard_data, "data": url}
     shards = [tmp_path / f"s{i}" for i in range(2)]
     for i, out in enumerate(shards):
         assert main([*run_args(remote, out), "--shard", f"{i}/2"]) == 0
@@ -223,8 +220,8 @@ def test_shards_of_s3_data_merge_into_the_single_local_store(s3, tmp_path):
     assert main(["merge", str(merged), *map(str, shards), "--no-tensorboard", "--quiet"]) == 0
     # The two differences a remote DATA makes, then every other byte as test_shards compares them.
     manifest = json.loads((merged / schema.MANIFEST).read_text())
-    local = json.loads((single / schema.MANIFEST).read_text())["dataset"]
+    local = json.loads((single_store / schema.MANIFEST).read_text())["dataset"]
     assert manifest["dataset"]["source"] == url and manifest["dataset"]["fingerprint"] != local["fingerprint"]
     manifest["dataset"].update(source=local["source"], fingerprint=local["fingerprint"])
     (merged / schema.MANIFEST).write_text(json.dumps(manifest))
-    assert_equivalent_stores(single, merged)
+    assert_equivalent_stores(single_store, merged)

@@ -91,23 +91,11 @@ def assert_equivalent_stores(single: Path, other: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("scale"))
-
-
-@pytest.fixture(scope="module")
-def single(data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("single") / "out"
-    assert main(run_args(data, out)) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def shards(data, tmp_path_factory):
+def shards(shard_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
     outs = [root / f"s{i}" for i in range(3)]
     for i, out in enumerate(outs):
-        assert main([*run_args(data, out), "--shard", f"{i}/3"]) == 0
+        assert main([*run_args(shard_data, out), "--shard", f"{i}/3"]) == 0
     return outs
 
 
@@ -152,26 +140,26 @@ def test_more_shares_than_examples_is_refused(tiny, tmp_path, capsys):
 
 # -- shard runs and merge ------------------------------------------------------------------------
 @pytest.mark.slow
-def test_three_shards_merged_equal_the_single_process_store(single, shards, tmp_path):
+def test_three_shards_merged_equal_the_single_process_store(single_store, shards, tmp_path):
     sizes = [json.loads((s / schema.MANIFEST).read_text())["dataset"]["shard"] for s in shards]
     assert [(p["start"], p["stop"]) for p in sizes] == [(0, 24), (24, 48), (48, 72)]  # round(k*72/12)*4
-    chosen = np.load(single / schema.HEATMAP_INDEX)
+    chosen = np.load(single_store / schema.HEATMAP_INDEX)
     for s, part in zip(shards, sizes):  # each shard explained a superset of its part of the selection
         local = np.load(s / schema.HEATMAP_INDEX) + part["start"]
         mine = chosen[(chosen >= part["start"]) & (chosen < part["stop"])]
         assert set(mine) <= set(local)
     merged = tmp_path / "merged"
     assert main(["merge", str(merged), *map(str, reversed(shards)), "--no-tensorboard", "--quiet"]) == 0
-    assert_equivalent_stores(single, merged)
+    assert_equivalent_stores(single_store, merged)
     assert json.loads((merged / schema.MANIFEST).read_text())["merged_from"] == [str(s.resolve()) for s in shards]
 
 
 @pytest.mark.slow
-def test_merge_refuses_shards_that_do_not_fit(single, shards, tmp_path, capsys):
+def test_merge_refuses_shards_that_do_not_fit(single_store, shards, tmp_path, capsys):
     cases = [
         ([shards[0], shards[1]], "shard 2/3 missing"),
         ([shards[0], shards[1], shards[1], shards[2]], "share 1/3 is also"),
-        ([shards[0], single], "not a shard store"),
+        ([shards[0], single_store], "not a shard store"),
         ([shards[0], tmp_path / "nowhere"], "not a keras-audit results store"),
     ]
     for given, message in cases:
