@@ -15,7 +15,8 @@ prints images/s, side by side in one process, of
   to the store, synced (fdatasync) after every batch;
 
 and their ratio. The two alternate ``--repeat`` times, each pass in a fresh process (model
-loaded outside the timer, traced inside it for both) and each keeps its best, so a machine
+loaded outside the timer; listing the folder, building the input pipeline and tracing inside
+it, for both) and each keeps its best, so a machine
 shared with other work slows both alike. Then the two input pipelines
 alone (no model): on 2 cores the phase is CPU-bound, and CPU per image is where the audit's
 pipeline (annotations, stored copy) costs more than Keras'. Then a bare compiled

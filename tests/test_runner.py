@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -96,6 +97,31 @@ def test_sigmoid_and_savedmodel_runs(tmp_path):
                                options=AuditOptions(explain=explain, unsafe=source == "sm", **FAST), progress=False))
         assert run.class_names == ["other", "light"] and run.metrics["accuracy"] == 1.0
         np.testing.assert_allclose(run.probabilities(), _expected_probs("sigmoid", x), atol=1e-5)
+
+
+def test_a_run_hands_back_the_heap_it_froze_and_leaves_a_callers_frozen(tiny, tmp_path, monkeypatch):
+    import audit.engine.run as engine_run
+
+    frozen_during, real_predict = [], engine_run.predict
+
+    def predict(session):
+        frozen_during.append(gc.get_freeze_count())
+        real_predict(session)
+
+    monkeypatch.setattr(engine_run, "predict", predict)
+    options = AuditOptions(explain=(), **FAST)
+    assert gc.get_freeze_count() == 0
+    run_audit(tiny["model"], tiny["data"], tmp_path / "a", options=options, progress=False)
+    assert frozen_during[0] > 100_000 and gc.get_freeze_count() == 0  # TensorFlow's heap, then nothing
+    gc.freeze()  # a caller's own freeze, as a preforking server makes
+    try:
+        theirs = gc.get_freeze_count()
+        run_audit(tiny["model"], tiny["data"], tmp_path / "b", options=options, progress=False)
+        # neither frozen further (the run's own model would add thousands) nor handed back; a few
+        # of the caller's frozen objects may be freed by reference counting meanwhile
+        assert theirs - 100 <= frozen_during[1] <= theirs and theirs - 100 <= gc.get_freeze_count() <= theirs
+    finally:
+        gc.unfreeze()
 
 
 def test_one_options_object_serves_two_runs_identically(tiny, tmp_path):

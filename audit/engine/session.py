@@ -68,12 +68,15 @@ class Session:
         except BaseException:
             self.writer.close()
             raise
-        # After importing TensorFlow and loading a model the heap holds ~460k objects, and each
-        # full pass of Python's collector over them costs 0.1-0.3 s; tracing the phases' graphs
+        # After importing TensorFlow and loading a model the heap holds ~450k objects, and each
+        # full pass of Python's collector over them costs ~0.3 s; tracing the phases' graphs
         # allocates enough to trigger some (issue 13: tracing the input pipeline took 0.35-0.45 s
         # with them, 0.08-0.14 s without). What exists now lives as long as the run, so it is
-        # kept out of the collector's sight until close() hands it back.
-        gc.freeze()
+        # kept out of the collector's sight until close() hands it back. A heap someone else
+        # froze (a preforking server, an outer session) is theirs: left as it is, both ways.
+        self._froze_heap = gc.get_freeze_count() == 0
+        if self._froze_heap:
+            gc.freeze()
 
     def _open_inputs(self, model_path, data_path, annotations) -> None:
         """Read and check the data, model, class names, annotations and explainer choices."""
@@ -181,7 +184,9 @@ class Session:
 
     def close(self) -> None:
         """Close the store's array files and release its lock (also after an error)."""
-        gc.unfreeze()  # what became garbage among the frozen objects is collected again
+        if self._froze_heap:
+            self._froze_heap = False
+            gc.unfreeze()  # what became garbage among the frozen objects is collected again
         self.writer.close()
 
 
